@@ -1,0 +1,36 @@
+# Renkei — the two commands: `make demo` (set up + run the demo end to end), `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RESIDENTS ?= 20000
+SEED ?= 7
+AS_OF ?= 2025-06-01
+DEMO := var/demo
+
+.PHONY: demo test venv lint clean up down help
+
+help:
+	@echo "make demo   set up and run the demo end to end on embedded defaults (SQLite)"
+	@echo "make test   run the tests (PostgreSQL/Redis tests skip when absent unless RENKEI_REQUIRE_SERVICES=1)"
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/renkei keys init --path $(DEMO)/keyring.json
+	$(BIN)/renkei synth --residents $(RESIDENTS) --seed $(SEED) --as-of $(AS_OF) --out $(DEMO)/raw
+	RENKEI_KEYRING=$(DEMO)/keyring.json $(BIN)/renkei run --raw $(DEMO)/raw --as-of $(AS_OF) --work $(DEMO)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,38 @@
+"""link_residents: rebuild the linked mart (one row per ERK) when any staging table changes.
+
+Set-based SQL over staging (renkei.linkage.mart): residents, counted doses, which departments
+contributed, and department copies that disagree with the registry. Emits renkei_mart_residents.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import AssetAny, dag, task
+
+from renkei.assets import MART_RESIDENTS, staging
+from renkei.config import ingest_sources
+
+
+@dag(
+    schedule=AssetAny(*[staging(s.name) for s in ingest_sources()]),
+    start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["renkei", "linkage"],
+    doc_md=__doc__,
+)
+def link_residents():
+    @task(outlets=[MART_RESIDENTS])
+    def build_mart(**context) -> dict:
+        from renkei.linkage.mart import build_mart as run_build
+        from renkei.runctx import evaluation_date, run_key
+        from renkei.settings import Settings
+
+        counts = run_build(Settings.from_env().warehouse_url, evaluation_date(context), run_key(context))
+        context["outlet_events"][MART_RESIDENTS].extra = counts
+        return counts
+
+    build_mart()
+
+
+link_residents()

@@ -1,0 +1,121 @@
+"""`renkei …`: the things a data engineer does by hand, beside the DAGs.
+
+    renkei keys init --path P                     a new keyring (mode 0600)
+    renkei synth --residents N --seed S --as-of D --out DIR [--format sqlite|csv|csv-cp932]
+    renkei pseudonymize --source NAME --from URL_OR_CSV --to URL
+    renkei run --raw DIR --as-of D [--warehouse URL] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from renkei.errors import RenkeiError
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from renkei.keys.ring import KeyRing
+
+    path = KeyRing.generate().save(args.path, overwrite=args.force)
+    ring = KeyRing.load(path)
+    print(f"keyring written to {path} (mode 0600) with purposes: {', '.join(ring.purposes())}")
+    print(f"point Renkei at it with: export RENKEI_KEYRING={path.resolve()}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from renkei.synth import generate
+
+    t = time.perf_counter()
+    manifest = generate(args.residents, args.seed, args.as_of, Path(args.out), fmt=args.format,
+                        defect_rate=args.defect_rate, progress=lambda m: print(f"synth    {m}"))
+    counts = ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items())
+    print(f"synth    {args.out}: {counts}; {len(manifest['defects'])} seeded defects "
+          f"(manifest.json) in {time.perf_counter() - t:.1f}s")
+    return 0
+
+
+def _pseudonymize(args: argparse.Namespace) -> int:
+    from renkei.config import load_sources
+    from renkei.keys.adapter import pseudonymize
+    from renkei.keys.ring import KeyRing
+
+    sources = load_sources()
+    if args.source not in sources:
+        raise RenkeiError(f"unknown source {args.source!r}: use one of {sorted(sources)} (config/sources.yaml)")
+    res = pseudonymize(sources[args.source], args.from_, args.to, KeyRing.load(args.keyring),
+                       progress=lambda m: print(f"pseudonymize {m}"))
+    print(json.dumps(res.__dict__))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from renkei.runner import run_chain
+    from renkei.summary import print_summary
+
+    work = Path(args.work or "var/run")
+    report = run_chain(Path(args.raw), args.as_of, work, warehouse_url=args.warehouse,
+                       keyring_path=Path(args.keyring) if args.keyring else None)
+    print_summary(report, work / "run_report.json")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="renkei", description="Renkei (連携): departmental data linkage for proactive services.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="keyring management").add_subparsers(dest="keys_command", required=True)
+    ki = keys.add_parser("init", help="write a new keyring (mode 0600)")
+    ki.add_argument("--path", required=True, help="where to write it (outside the repo; var/ is git-ignored)")
+    ki.add_argument("--force", action="store_true", help="overwrite an existing keyring (its tokens become unreadable)")
+    ki.set_defaults(func=_keys_init)
+
+    sy = sub.add_parser("synth", help="generate a synthetic city's raw departmental tables")
+    sy.add_argument("--residents", type=int, default=20000)
+    sy.add_argument("--seed", type=int, default=7)
+    sy.add_argument("--as-of", type=_date, required=True)
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--format", choices=["sqlite", "csv", "csv-cp932"], default="sqlite")
+    sy.add_argument("--defect-rate", type=float, default=0.005)
+    sy.set_defaults(func=_synth)
+
+    ps = sub.add_parser("pseudonymize", help="export adapter: raw source → pseudonymized extract")
+    ps.add_argument("--source", required=True)
+    ps.add_argument("--from", dest="from_", required=True, help="a CSV path or a SQLAlchemy URL of the raw table")
+    ps.add_argument("--to", required=True, help="SQLAlchemy URL of the extract database")
+    ps.add_argument("--keyring", help="keyring path (default: $RENKEI_KEYRING)")
+    ps.set_defaults(func=_pseudonymize)
+
+    rn = sub.add_parser("run", help="pseudonymize a raw folder and run the DAG chain for a date")
+    rn.add_argument("--raw", required=True, help="folder with <source>.csv or <source>.db files")
+    rn.add_argument("--as-of", type=_date, required=True, help="evaluation date D (YYYY-MM-DD)")
+    rn.add_argument("--warehouse", help="warehouse SQLAlchemy URL (default: SQLite in the work dir)")
+    rn.add_argument("--work", help="work dir (default var/run)")
+    rn.add_argument("--keyring", help="keyring path (default: $RENKEI_KEYRING, else <work>/keyring.json)")
+    rn.set_defaults(func=_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RenkeiError as exc:
+        print(f"renkei: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Loading and validating config/sources.yaml and config/codes.yaml.
+
+Config is data: a city edits these files, not code. Every error names the file, the key and the
+fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from renkei.errors import ConfigError
+from renkei.settings import Settings
+
+COLUMN_TYPES = {"text", "int", "date", "timestamp", "drop"}
+# How a raw personal column becomes an extract column.
+EXTRACT_RENAMES = {
+    "resident_code": "dept_pseudonym",
+    "household_code": "household_pseudonym",
+    "name_kana": "name_digest",
+    "address": "address_digest",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One departmental source as configured."""
+
+    name: str
+    title: str
+    personal: bool
+    key: str
+    department: str | None
+    ingest: bool
+    columns: dict[str, str]  # raw column -> type
+    max_failure_rate: float
+    chunk_rows: int
+
+    @property
+    def raw_columns(self) -> list[str]:
+        return list(self.columns)
+
+    def extract_column(self, raw: str) -> str:
+        if not self.personal:
+            return raw
+        if raw == "address" and self.name == "registry_contact":
+            return raw
+        return EXTRACT_RENAMES.get(raw, raw)
+
+    @property
+    def extract_columns(self) -> list[str]:
+        """The columns of the pseudonymized extract, in order (without bookkeeping columns)."""
+        return [self.extract_column(c) for c, t in self.columns.items() if t != "drop"]
+
+    @property
+    def key_purpose(self) -> str:
+        return f"dept:{self.department}"
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found: set RENKEI_CONFIG_DIR to the folder holding the config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}): fix the syntax") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return doc
+
+
+@lru_cache(maxsize=8)
+def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
+    """All configured sources by name, validated."""
+    cdir = Path(config_dir or Settings.from_env().config_dir)
+    path = cdir / "sources.yaml"
+    doc = _load_yaml(path)
+    defaults = doc.get("defaults") or {}
+    out: dict[str, Source] = {}
+    for name, spec in (doc.get("sources") or {}).items():
+        where = f"{path}: sources.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        cols = spec.get("columns")
+        if not isinstance(cols, dict) or not cols:
+            raise ConfigError(f"{where}.columns: give the raw columns as {{name: type}}")
+        for c, t in cols.items():
+            if t not in COLUMN_TYPES:
+                raise ConfigError(f"{where}.columns.{c}: unknown type {t!r}; use one of {sorted(COLUMN_TYPES)}")
+        personal = bool(spec.get("personal", False))
+        if personal and "resident_code" not in cols:
+            raise ConfigError(f"{where}: a personal source needs a resident_code column")
+        if personal and not spec.get("department"):
+            raise ConfigError(f"{where}.department: name the department whose key seals its pseudonyms")
+        key = spec.get("key")
+        src = Source(
+            name=name,
+            title=str(spec.get("title", name)),
+            personal=personal,
+            key=str(key),
+            department=spec.get("department"),
+            ingest=bool(spec.get("ingest", True)),
+            columns=dict(cols),
+            max_failure_rate=float(spec.get("max_failure_rate", defaults.get("max_failure_rate", 0.05))),
+            chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
+        )
+        if key not in src.extract_columns:
+            raise ConfigError(f"{where}.key: {key!r} is not an extract column; use one of {src.extract_columns}")
+        out[name] = src
+    if not out:
+        raise ConfigError(f"{path}: no sources configured under 'sources'")
+    return out
+
+
+def ingest_sources(config_dir: Path | None = None) -> list[Source]:
+    return [s for s in load_sources(config_dir).values() if s.ingest]
+
+
+@lru_cache(maxsize=8)
+def load_codes(config_dir: Path | None = None) -> dict:
+    cdir = Path(config_dir or Settings.from_env().config_dir)
+    return _load_yaml(cdir / "codes.yaml")

@@ -1,0 +1,1 @@
+"""Keyring, AES-SIV pseudonyms, keyed digests and the export adapter."""

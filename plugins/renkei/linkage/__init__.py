@@ -1,0 +1,1 @@
+"""The linked mart: set-based SQL over staging, one row per ERK."""

@@ -1,0 +1,1 @@
+"""The notices outbox and what reads it."""

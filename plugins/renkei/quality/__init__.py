@@ -1,0 +1,1 @@
+"""Validation with Great Expectations suites and quarantine."""

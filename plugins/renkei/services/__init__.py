@@ -1,0 +1,1 @@
+"""Proactive service rules (data under config/services) and their date arithmetic."""

@@ -1,0 +1,176 @@
+"""Immunization notices: which routine vaccination a resident child should be told about on D.
+
+Readings of SERVICES.md made here (the rules themselves are data, config/services/immunization.yaml):
+- Only a child whose registry status is `resident` on D gets notices; none before birth.
+- Doses count in dose-number order. Dose n counts when a record of it (under one of the
+  series' `counts` codes) falls on or after the legal window start and the dose's `valid_from`
+  (the legal minimum interval after the previous counted dose); with several records for n,
+  the earliest that qualifies counts. The next dose is the first dose number that does not
+  count, so a dose given too early is asked for again and later records are not considered.
+  A dose given after the legal end still counts (the child is protected; no point nagging).
+- A notice is open when max(notify_from, legal_start) ≤ D ≤ window end (legal_end, or the
+  dose's `until` if earlier). Kind `last_chance` from window end − last_chance_days on, else
+  `due` — never both on one day.
+- ROTA: while no ROTA1/ROTA5 dose 1 counts, the next dose is "ROTA dose 1"; once it counts the
+  product's own series (ROTA1 or ROTA5) takes over.
+- DPT_IPV_HIB: any DPT_IPV or HIB record silences the 5種 series (those children finish 4種+Hib).
+- PCV: only the standard 3 + 1. A child whose dose 1 came after reach(7) is not told about
+  dose 3 (and so not about dose 4 either); a child past reach(24) missing dose 2 or 3 gets no
+  PCV notice. Late-start catch-up schedules are a later issue.
+- MR: 1期 (dose 1) and 2期 (dose 2) are separate series with separate legal periods; 2期 is
+  offered in its 年長 year whether or not 1期 was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from renkei.services.dates import age_months
+from renkei.services.rules import DoseRule, ImmunizationRules, SeriesRule, load_immunization_rules
+
+__all__ = ["Dose", "NoticeDraft", "ImmunizationRules", "evaluate_child", "load_immunization_rules", "notice_id"]
+
+SERVICE = "immunization"
+RESIDENT = "resident"
+_NO_DOSES: dict[int, date] = {}
+
+
+@dataclass(frozen=True)
+class Dose:
+    """One immunization register record of a child."""
+
+    vaccine_code: str
+    dose_number: int
+    administered_on: date
+
+
+@dataclass(frozen=True)
+class NoticeDraft:
+    """A notice the rules open on D, before it gets its id and goes to the outbox."""
+
+    service: str  # "immunization"
+    kind: str  # "due" | "last_chance"
+    rule_id: str
+    rule_version: int
+    vaccine_code: str
+    dose_number: int
+    window_start: date  # notify_from (never before the legal start)
+    window_end: date  # legal_end (or the dose's own earlier end)
+    facts: dict[str, Any]  # JSON-serialisable facts the rule used
+
+    @property
+    def period_key(self) -> str:
+        """The period the notice is about, e.g. "DPT_IPV_HIB#2"."""
+        return f"{self.vaccine_code}#{self.dose_number}"
+
+
+def notice_id(rule_id: str, subject_key: str, period_key: str, kind: str) -> str:
+    """Deterministic notice id: first 32 hex chars of sha256 of "rule_id|ERK|period_key|kind"."""
+    parts = (rule_id, subject_key, period_key, kind)
+    if any("|" in part for part in parts):
+        raise ValueError("notice id parts must not contain '|'; it separates them in the digest")
+    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def evaluate_child(
+    birth_date: date, status: str, doses: list[Dose], on: date, rules: ImmunizationRules
+) -> list[NoticeDraft]:
+    """The immunization notices open for one child on date `on` (see the module docstring)."""
+    if status != RESIDENT or on < birth_date:
+        return []
+    recorded: dict[tuple[str, int], list[date]] = {}
+    for dose in doses:
+        recorded.setdefault((dose.vaccine_code, dose.dose_number), []).append(dose.administered_on)
+    codes_given = {code for code, _ in recorded}
+    lead = timedelta(days=rules.last_chance_days)
+
+    drafts: list[NoticeDraft] = []
+    for series in rules.series:
+        if series.requires_dose_1 and (series.vaccine_code, 1) not in recorded:
+            continue
+        if not series.not_if_any_dose_of.isdisjoint(codes_given):
+            continue
+        legal_end = series.legal_end(birth_date, _NO_DOSES, None)
+        if on > legal_end:
+            continue
+        legal_start = series.legal_start(birth_date, _NO_DOSES, None)
+        if on < legal_start:
+            continue
+        found = _next_dose(series, birth_date, recorded, legal_start)
+        if found is None:
+            continue
+        dose, counted, picked = found
+        draft = _open_notice(series, dose, birth_date, on, counted, picked, legal_start, legal_end, lead)
+        if draft is not None:
+            drafts.append(draft)
+    return drafts
+
+
+def _next_dose(
+    series: SeriesRule, birth_date: date, recorded: dict[tuple[str, int], list[date]], legal_start: date
+) -> tuple[DoseRule, dict[int, date], list[tuple[str, int, date]]] | None:
+    """The first dose that does not count, with the doses that do; None if the series is done."""
+    counted: dict[int, date] = {}
+    picked: list[tuple[str, int, date]] = []
+    prev: date | None = None
+    for dose in series.doses:
+        floor = legal_start
+        if dose.valid_from is not None:
+            floor = max(floor, dose.valid_from(birth_date, counted, prev))
+        best_code, best_on = "", None
+        for code in series.counts:
+            for given_on in recorded.get((code, dose.number), ()):
+                if given_on >= floor and (best_on is None or given_on < best_on):
+                    best_code, best_on = code, given_on
+        if best_on is None:
+            return dose, counted, picked
+        counted[dose.number] = best_on
+        picked.append((best_code, dose.number, best_on))
+        prev = best_on
+    return None
+
+
+def _open_notice(
+    series: SeriesRule,
+    dose: DoseRule,
+    birth_date: date,
+    on: date,
+    counted: dict[int, date],
+    picked: list[tuple[str, int, date]],
+    legal_start: date,
+    legal_end: date,
+    lead: timedelta,
+) -> NoticeDraft | None:
+    if dose.notify_from is None:  # the implicit dose 1 of a product series: notified elsewhere
+        return None
+    prev = picked[-1][2] if picked else None
+    if dose.skip_if_dose is not None and dose.skip_if_after is not None:
+        if counted[dose.skip_if_dose] > dose.skip_if_after(birth_date, counted, prev):
+            return None
+    window_end = legal_end
+    if dose.until is not None:
+        window_end = min(window_end, dose.until(birth_date, counted, prev))
+    if on > window_end:
+        return None
+    window_start = max(dose.notify_from(birth_date, counted, prev), legal_start)
+    if on < window_start:
+        return None
+    return NoticeDraft(
+        service=SERVICE,
+        kind="last_chance" if on >= window_end - lead else "due",
+        rule_id=series.rule_id,
+        rule_version=series.version,
+        vaccine_code=series.vaccine_code,
+        dose_number=dose.number,
+        window_start=window_start,
+        window_end=window_end,
+        facts={
+            "birth_date": birth_date.isoformat(),
+            "age_months": age_months(birth_date, on),
+            "doses_counted": [[code, n, given_on.isoformat()] for code, n, given_on in picked],
+            "evaluated_on": on.isoformat(),
+        },
+    )

@@ -1,0 +1,283 @@
+"""Immunization rules as data: load config/services/immunization.yaml, validate it, compile it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from renkei.errors import ConfigError
+from renkei.services.dates import (
+    anniv,
+    after_days,
+    fiscal_year_end,
+    fiscal_year_start,
+    reach,
+    school_entry_year,
+)
+
+# A compiled date expression: (birth date, counted doses of the series by number, previous
+# counted dose) → date. Compiled once at load so evaluation never touches the YAML.
+DateFn = Callable[[date, Mapping[int, date], "date | None"], date]
+
+_SERIES_KEYS = {
+    "rule_id", "version", "vaccine_code", "counts", "not_if_any_dose_of", "requires_dose_1",
+    "legal_start", "legal_end", "doses",
+}
+_SERIES_REQUIRED = ("rule_id", "version", "vaccine_code", "legal_start", "legal_end", "doses")
+_DOSE_KEYS = {"notify_from", "valid_from", "until", "skip_if"}
+_TOP_KEYS = {"last_chance_days", "series"}
+_EXAMPLE = "e.g. {reach_months: 12}"
+
+
+@dataclass(frozen=True)
+class DoseRule:
+    """One dose of a series: when its notice opens and when a given dose counts."""
+
+    number: int
+    notify_from: DateFn | None  # None only for the implicit dose 1 of a requires_dose_1 series
+    valid_from: DateFn | None = None
+    until: DateFn | None = None
+    skip_if_dose: int | None = None
+    skip_if_after: DateFn | None = None
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """One vaccination series (e.g. PCV, MR 2期) with its legal window and doses in order."""
+
+    name: str
+    rule_id: str
+    version: int
+    vaccine_code: str
+    counts: tuple[str, ...]
+    not_if_any_dose_of: frozenset[str]
+    requires_dose_1: bool
+    legal_start: DateFn
+    legal_end: DateFn
+    doses: tuple[DoseRule, ...]
+
+
+@dataclass(frozen=True)
+class ImmunizationRules:
+    """The validated, compiled immunization rule set of one file."""
+
+    source: Path
+    last_chance_days: int
+    series: tuple[SeriesRule, ...]
+
+
+def default_config_dir() -> Path:
+    """RENKEI_CONFIG_DIR if set, else the repository's config/ beside plugins/."""
+    configured = os.environ.get("RENKEI_CONFIG_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / "config"
+
+
+def load_immunization_rules(path: Path | None = None) -> ImmunizationRules:
+    """Load and validate the immunization rules (default <config>/services/immunization.yaml).
+
+    Cached per resolved path: call it freely; edit the file → restart (or clear the cache).
+    """
+    if path is None:
+        path = default_config_dir() / "services" / "immunization.yaml"
+    return _load_cached(Path(path).resolve())
+
+
+@lru_cache(maxsize=16)
+def _load_cached(path: Path) -> ImmunizationRules:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the immunization rules ({exc.strerror}); "
+            "Fix: create the file or point RENKEI_CONFIG_DIR at the config directory."
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; Fix: correct the YAML syntax.") from None
+    return _Parser(path).rules(raw)
+
+
+class _Parser:
+    """Validates the raw YAML tree; every error names the file, the key path and the fix."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, keypath: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {keypath}: {problem}; Fix: {fix}")
+
+    def mapping(self, node: Any, keypath: str, allowed: set[str] | None = None) -> dict:
+        if not isinstance(node, dict):
+            raise self.fail(keypath, f"expected a mapping, got {_kind(node)}", "write it as key: value lines")
+        if allowed is not None:
+            for key in node:
+                if key not in allowed:
+                    raise self.fail(
+                        f"{keypath}.{key}" if keypath else str(key),
+                        "unknown key",
+                        f"remove it or use one of {', '.join(sorted(allowed))}",
+                    )
+        return node
+
+    def integer(self, node: Any, keypath: str, minimum: int = 0) -> int:
+        if isinstance(node, bool) or not isinstance(node, int) or node < minimum:
+            raise self.fail(
+                keypath, f"expected an integer ≥ {minimum}, got {_kind(node)}", f"write a whole number ≥ {minimum}"
+            )
+        return node
+
+    def text(self, node: Any, keypath: str) -> str:
+        if not isinstance(node, str) or not node.strip():
+            raise self.fail(keypath, f"expected a non-empty string, got {_kind(node)}", "write a name, e.g. imm.pcv")
+        return node
+
+    def codes(self, node: Any, keypath: str) -> tuple[str, ...]:
+        if not isinstance(node, list) or not node:
+            raise self.fail(keypath, f"expected a list of vaccine codes, got {_kind(node)}", "write e.g. [DPT_IPV, HIB]")
+        return tuple(self.text(code, f"{keypath}[{i}]") for i, code in enumerate(node))
+
+    def rules(self, raw: Any) -> ImmunizationRules:
+        top = self.mapping(raw, "(top level)", _TOP_KEYS)
+        for key in _TOP_KEYS:
+            if key not in top:
+                raise self.fail(key, "missing required key", f"add `{key}:` at the top level")
+        lead = self.integer(top["last_chance_days"], "last_chance_days")
+        series_raw = self.mapping(top["series"], "series")
+        if not series_raw:
+            raise self.fail("series", "no series defined", "add at least one series")
+        series = tuple(self.series(str(name), spec) for name, spec in series_raw.items())
+        seen: dict[str, str] = {}
+        for rule in series:
+            if rule.rule_id in seen:
+                raise self.fail(
+                    f"series.{rule.name}.rule_id",
+                    f"rule_id already used by series {seen[rule.rule_id]}",
+                    "give every series its own rule_id",
+                )
+            seen[rule.rule_id] = rule.name
+        return ImmunizationRules(source=self.path, last_chance_days=lead, series=series)
+
+    def series(self, name: str, node: Any) -> SeriesRule:
+        at = f"series.{name}"
+        spec = self.mapping(node, at, _SERIES_KEYS)
+        for key in _SERIES_REQUIRED:
+            if key not in spec:
+                raise self.fail(f"{at}.{key}", "missing required key", f"add `{key}:` to series {name}")
+        vaccine_code = self.text(spec["vaccine_code"], f"{at}.vaccine_code")
+        requires_dose_1 = spec.get("requires_dose_1", False)
+        if not isinstance(requires_dose_1, bool):
+            raise self.fail(f"{at}.requires_dose_1", f"expected true or false, got {_kind(requires_dose_1)}", "write true or false")
+        doses_raw = self.mapping(spec["doses"], f"{at}.doses")
+        if not doses_raw:
+            raise self.fail(f"{at}.doses", "no doses defined", "list at least one dose number with its notify_from")
+        numbers = [self.integer(n, f"{at}.doses.{n}", minimum=1) for n in doses_raw]
+        if numbers != sorted(set(numbers)):
+            raise self.fail(f"{at}.doses", "dose numbers must be listed once each, in increasing order", "reorder them")
+        if requires_dose_1 and numbers[0] == 1:
+            raise self.fail(
+                f"{at}.doses.1", "dose 1 cannot be notified when requires_dose_1 is true",
+                "start the doses at 2 (dose 1 is notified by the series that chooses the product)",
+            )
+        earlier: list[int] = [1] if requires_dose_1 else []
+        doses: list[DoseRule] = [DoseRule(number=1, notify_from=None)] if requires_dose_1 else []
+        for n in numbers:
+            doses.append(self.dose(n, doses_raw[n], f"{at}.doses.{n}", tuple(earlier)))
+            earlier.append(n)
+        counts = self.codes(spec["counts"], f"{at}.counts") if "counts" in spec else (vaccine_code,)
+        excluded = self.codes(spec["not_if_any_dose_of"], f"{at}.not_if_any_dose_of") if "not_if_any_dose_of" in spec else ()
+        return SeriesRule(
+            name=name,
+            rule_id=self.text(spec["rule_id"], f"{at}.rule_id"),
+            version=self.integer(spec["version"], f"{at}.version", minimum=1),
+            vaccine_code=vaccine_code,
+            counts=counts,
+            not_if_any_dose_of=frozenset(excluded),
+            requires_dose_1=requires_dose_1,
+            legal_start=self.expr(spec["legal_start"], f"{at}.legal_start", ()),
+            legal_end=self.expr(spec["legal_end"], f"{at}.legal_end", ()),
+            doses=tuple(doses),
+        )
+
+    def dose(self, n: int, node: Any, at: str, earlier: tuple[int, ...]) -> DoseRule:
+        spec = self.mapping(node, at, _DOSE_KEYS)
+        if "notify_from" not in spec:
+            raise self.fail(f"{at}.notify_from", "missing required key", f"add notify_from, {_EXAMPLE}")
+        skip_dose, skip_after = None, None
+        if "skip_if" in spec:
+            skip = self.mapping(spec["skip_if"], f"{at}.skip_if", {"dose", "after"})
+            for key in ("dose", "after"):
+                if key not in skip:
+                    raise self.fail(f"{at}.skip_if.{key}", "missing required key", "write {dose: 1, after: {reach_months: 7}}")
+            skip_dose = self.integer(skip["dose"], f"{at}.skip_if.dose", minimum=1)
+            if skip_dose not in earlier:
+                raise self.fail(f"{at}.skip_if.dose", "must name an earlier dose of this series", "use a dose number listed before this one")
+            skip_after = self.expr(skip["after"], f"{at}.skip_if.after", earlier)
+        return DoseRule(
+            number=n,
+            notify_from=self.expr(spec["notify_from"], f"{at}.notify_from", earlier),
+            valid_from=self.expr(spec["valid_from"], f"{at}.valid_from", earlier) if "valid_from" in spec else None,
+            until=self.expr(spec["until"], f"{at}.until", earlier) if "until" in spec else None,
+            skip_if_dose=skip_dose,
+            skip_if_after=skip_after,
+        )
+
+    def expr(self, node: Any, at: str, earlier: tuple[int, ...]) -> DateFn:
+        """Compile one date expression; `earlier` are the dose numbers it may refer to."""
+        if not isinstance(node, dict) or len(node) != 1:
+            raise self.fail(at, f"expected a date expression with exactly one term, got {_kind(node)}", f"write {_EXAMPLE}")
+        (term, arg), = node.items()
+        where = f"{at}.{term}"
+        if term in ("max", "min"):
+            if not isinstance(arg, list) or not arg:
+                raise self.fail(where, f"expected a list of date expressions, got {_kind(arg)}", f"write e.g. {{{term}: [{{reach_months: 2}}, {{birth_plus_days: 42}}]}}")
+            parts = tuple(self.expr(item, f"{where}[{i}]", earlier) for i, item in enumerate(arg))
+            pick = max if term == "max" else min
+            return lambda b, doses, prev: pick(part(b, doses, prev) for part in parts)
+        if term in ("prev_plus_days", "anniv_prev_months", "dose_plus_days") and not earlier:
+            raise self.fail(where, "refers to an earlier dose, but this is the series' first dose", "use a term of the birth date, e.g. {reach_months: 2}")
+        if term == "dose_plus_days":
+            if not isinstance(arg, list) or len(arg) != 2:
+                raise self.fail(where, f"expected [dose number, days], got {_kind(arg)}", "write e.g. {dose_plus_days: [1, 28]}")
+            k = self.integer(arg[0], f"{where}[0]", minimum=1)
+            days = self.integer(arg[1], f"{where}[1]")
+            if k not in earlier:
+                raise self.fail(f"{where}[0]", "must name an earlier dose of this series", "use a dose number listed before this one")
+            return lambda b, doses, prev: after_days(doses[k], days)
+        builder = _TERMS.get(term)
+        if builder is None:
+            raise self.fail(where, "unknown term", f"use one of {', '.join(sorted(_TERMS) + ['dose_plus_days', 'max', 'min'])}")
+        return builder(self.integer(arg, where))
+
+
+def _kind(node: Any) -> str:
+    return "nothing" if node is None else type(node).__name__
+
+
+def _school_year_start(k: int) -> DateFn:
+    return lambda b, doses, prev: fiscal_year_start(school_entry_year(b) - k)
+
+
+def _school_year_end(k: int) -> DateFn:
+    return lambda b, doses, prev: fiscal_year_end(school_entry_year(b) - k)
+
+
+# Term → builder of the compiled function from its integer argument.
+_TERMS: dict[str, Callable[[int], DateFn]] = {
+    "birth_plus_days": lambda n: lambda b, doses, prev: after_days(b, n),
+    "reach_months": lambda m: lambda b, doses, prev: reach(b, m),
+    "anniv_months": lambda m: lambda b, doses, prev: anniv(b, m),
+    "prev_plus_days": lambda n: lambda b, doses, prev: after_days(prev, n),
+    "anniv_prev_months": lambda m: lambda b, doses, prev: anniv(prev, m),
+    "school_year_start_before_entry": _school_year_start,
+    "school_year_end_before_entry": _school_year_end,
+}

@@ -1,0 +1,47 @@
+"""Where things are: the warehouse, the extracts, the keyring, config and suites.
+
+Everything comes from the environment (or, inside Airflow, from env vars set on the
+deployment), never from code: ``RENKEI_WAREHOUSE_URL``, ``RENKEI_EXTRACTS_URL``,
+``RENKEI_KEYRING``, ``RENKEI_CONFIG_DIR``, ``RENKEI_EXPECTATIONS_DIR``. Defaults are embedded
+SQLite files under ``var/`` so that nothing needs a server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_var() -> Path:
+    return Path(os.environ.get("RENKEI_HOME", REPO_ROOT / "var" / "renkei"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    warehouse_url: str
+    extracts_url: str
+    config_dir: Path
+    expectations_dir: Path
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        var = _default_var()
+        return cls(
+            warehouse_url=os.environ.get("RENKEI_WAREHOUSE_URL", f"sqlite:///{var / 'warehouse.db'}"),
+            extracts_url=os.environ.get("RENKEI_EXTRACTS_URL", f"sqlite:///{var / 'extracts.db'}"),
+            config_dir=Path(os.environ.get("RENKEI_CONFIG_DIR", REPO_ROOT / "config")),
+            expectations_dir=Path(os.environ.get("RENKEI_EXPECTATIONS_DIR", REPO_ROOT / "expectations")),
+        )
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages and reports."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - keep `import renkei` light
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: show only its scheme
+        return url.split(":", 1)[0] + ":…"

@@ -1,0 +1,1 @@
+"""A synthetic city: the raw departmental tables of SOURCES.md with seeded defects."""

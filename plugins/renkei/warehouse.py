@@ -1,0 +1,268 @@
+"""The warehouse schema (SQLAlchemy Core) and the one dialect seam.
+
+Tables by layer: ``landing_<source>`` (this run's pseudonymized extract rows, still under the
+department pseudonym), ``staging_<source>`` (validated rows keyed by the ERK), ``quarantine``
+(every rejected row with its reason), ``watermarks`` and ``ingest_runs`` (bookkeeping), the
+linked mart (``mart_residents``, ``mart_doses``, ``linkage``, ``link_flags``) and the ``notices``
+outbox. The same metadata runs on SQLite (embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+
+from renkei.config import Source, load_sources
+
+metadata = sa.MetaData()
+DATE_COLUMNS_TYPE = sa.Date
+
+# Timestamps are kept as canonical ISO text in JST ('YYYY-MM-DDTHH:MM:SS+09:00'): string order
+# is time order on every engine, and watermarks compare without timezone surprises.
+TS = sa.String(32)
+
+
+def _extract_type(source: Source, raw: str, as_landing: bool) -> sa.types.TypeEngine:
+    t = source.columns[raw]
+    if t == "int":
+        return sa.Integer()
+    if t == "date" and not as_landing:
+        return sa.Date()
+    if t in ("date", "timestamp"):
+        return sa.String(32)
+    return sa.Text()
+
+
+def _extract_like_columns(source: Source, as_landing: bool) -> list[sa.Column]:
+    cols = []
+    for raw, t in source.columns.items():
+        if t == "drop":
+            continue
+        cols.append(sa.Column(source.extract_column(raw), _extract_type(source, raw, as_landing)))
+    return cols
+
+
+def extract_table(source: Source, md: sa.MetaData) -> sa.Table:
+    """The department's outbound extract (written by the export adapter), one full snapshot."""
+    name = f"extract_{source.name}"
+    if name in md.tables:
+        return md.tables[name]
+    return sa.Table(
+        name, md,
+        sa.Column("source_row", sa.Integer, primary_key=True),
+        *_extract_like_columns(source, as_landing=True),
+        sa.Column("parse_errors", sa.Text),
+    )
+
+
+def landing_table(source: Source) -> sa.Table:
+    name = f"landing_{source.name}"
+    if name in metadata.tables:
+        return metadata.tables[name]
+    return sa.Table(
+        name, metadata,
+        sa.Column("run_id", sa.String(250), primary_key=True),
+        sa.Column("source_row", sa.Integer, primary_key=True),
+        *_extract_like_columns(source, as_landing=True),
+        sa.Column("parse_errors", sa.Text),
+        sa.Column("quarantine_reason", sa.Text),  # set by validation; NULL = passes
+    )
+
+
+def staging_key(source: Source) -> str:
+    """The staging primary key: the ERK where the department keyed rows by resident."""
+    return "erk" if source.key == "dept_pseudonym" else source.key
+
+
+def staging_table(source: Source) -> sa.Table:
+    name = f"staging_{source.name}"
+    if name in metadata.tables:
+        return metadata.tables[name]
+    cols: list[sa.Column] = []
+    key = staging_key(source)
+    for c in _extract_like_columns(source, as_landing=False):
+        if c.name == "dept_pseudonym":
+            cols.append(sa.Column("erk", sa.String(120), primary_key=(key == "erk"), index=(key != "erk")))
+        elif c.name == "household_pseudonym":
+            cols.append(sa.Column("household_key", sa.String(120), index=True))
+        else:
+            if c.name == key:
+                c = sa.Column(c.name, sa.String(120), primary_key=True)
+            cols.append(c)
+    cols += [sa.Column("row_hash", sa.String(64), nullable=False), sa.Column("loaded_run_id", sa.String(250), nullable=False)]
+    return sa.Table(name, metadata, *cols)
+
+
+quarantine = sa.Table(
+    "quarantine", metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("row_hash", sa.String(64), primary_key=True),  # digest of the pseudonymized row
+    sa.Column("source_row", sa.Integer, nullable=False),
+    sa.Column("record_key", sa.Text),  # non-personal natural key (record_id …) or pseudonym
+    sa.Column("reason", sa.Text, nullable=False),  # "expectation:column; …"
+    sa.Column("first_run_id", sa.String(250), nullable=False),
+    sa.Column("last_run_id", sa.String(250), nullable=False),
+    sa.Column("quarantined_at", TS, nullable=False),
+)
+
+watermarks = sa.Table(
+    "watermarks", metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+)
+
+ingest_runs = sa.Table(
+    "ingest_runs", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("read", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("loaded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("quarantined", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("watermark_from", TS),
+    sa.Column("watermark_to", TS),
+    sa.Column("state", sa.String(16), nullable=False),  # extracted | validated | loaded | failed
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+mart_residents = sa.Table(
+    "mart_residents", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
+    sa.Column("birth_date", sa.Date),
+    sa.Column("sex", sa.Integer),
+    sa.Column("ward_code", sa.String(6)),
+    sa.Column("status", sa.String(16)),
+    sa.Column("status_date", sa.Date),
+    sa.Column("household_key", sa.String(120)),
+    sa.Column("age_years", sa.Integer),  # legal age on as_of (年齢計算ニ関スル法律)
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("dose_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("immunization_history", sa.Text),  # "CODE#n@YYYY-MM-DD,…" in date order
+    sa.Column("checkups", sa.Text),  # "M4@YYYY-MM-DD,…"
+    sa.Column("nhi_qualified_on", sa.Date),
+    sa.Column("nhi_disqualified_on", sa.Date),
+    sa.Column("nhi_last_checkup_on", sa.Date),
+    sa.Column("subscription_topics", sa.Text),  # active on as_of
+    sa.Column("departments", sa.Integer, nullable=False),  # sources that contributed
+    sa.Column("built_run_id", sa.String(250), nullable=False),
+)
+
+mart_doses = sa.Table(
+    "mart_doses", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
+    sa.Column("vaccine_code", sa.String(16), primary_key=True),
+    sa.Column("dose_number", sa.Integer, primary_key=True),
+    sa.Column("administered_on", sa.Date, nullable=False),
+    sa.Column("record_id", sa.String(120), nullable=False),
+)
+
+linkage = sa.Table(
+    "linkage", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("in_registry", sa.Boolean, nullable=False),
+    sa.Column("built_run_id", sa.String(250), nullable=False),
+)
+
+link_flags = sa.Table(
+    "link_flags", metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("record_key", sa.String(120), primary_key=True),
+    sa.Column("reason", sa.String(64), primary_key=True),  # birth_date_mismatch | sex_mismatch | not_in_registry
+    sa.Column("erk", sa.String(120), nullable=False, index=True),
+    sa.Column("built_run_id", sa.String(250), nullable=False),
+)
+
+notices = sa.Table(
+    "notices", metadata,
+    sa.Column("notice_id", sa.String(64), primary_key=True),
+    sa.Column("service", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("erk", sa.String(120), nullable=False, index=True),
+    sa.Column("rule_id", sa.String(64), nullable=False),
+    sa.Column("rule_version", sa.Integer, nullable=False),
+    sa.Column("subject", sa.String(32), nullable=False),  # vaccine_code / checkup_code / …
+    sa.Column("dose_number", sa.Integer),
+    sa.Column("window_start", sa.Date, nullable=False),
+    sa.Column("window_end", sa.Date, nullable=False),
+    sa.Column("evaluated_on", sa.Date, nullable=False),
+    sa.Column("facts", sa.Text, nullable=False),  # JSON: the facts the rule used
+    sa.Column("created_run_id", sa.String(250), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+
+@lru_cache(maxsize=1)
+def _declare_source_tables() -> None:
+    for src in load_sources().values():
+        if src.ingest:
+            landing_table(src)
+            staging_table(src)
+
+
+def engine(url: str) -> sa.Engine:
+    """An engine for a warehouse or extract URL (SQLite gets WAL and a busy timeout)."""
+    if url.startswith("sqlite"):
+        eng = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(eng, "connect")
+        def _pragmas(dbapi_conn, _):  # noqa: ANN001 - DBAPI connection
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return eng
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def ensure_schema(eng: sa.Engine) -> None:
+    """Create every warehouse table that does not exist yet (idempotent)."""
+    _declare_source_tables()
+    metadata.create_all(eng)
+
+
+def source_tables() -> None:
+    _declare_source_tables()
+
+
+def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], update: bool = True) -> None:
+    """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING), per dialect."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other engines: add their upsert here (the one dialect seam)
+        raise NotImplementedError(f"upsert on {conn.dialect.name}")
+    stmt = insert(table)
+    pk = [c.name for c in table.primary_key.columns]
+    if update:
+        cols = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in pk and c.name in rows[0]}
+        stmt = stmt.on_conflict_do_update(index_elements=pk, set_=cols) if cols else stmt.on_conflict_do_nothing(index_elements=pk)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=pk)
+    conn.execute(stmt, rows)
+
+
+class yyyymmdd(FunctionElement):
+    """A date as the integer YYYYMMDD (for legal-age arithmetic in SQL)."""
+
+    type = sa.Integer()
+    inherit_cache = True
+
+
+@compiles(yyyymmdd, "sqlite")
+def _yyyymmdd_sqlite(element, compiler, **kw):  # noqa: ANN001
+    return "CAST(strftime('%%Y%%m%%d', %s) AS INTEGER)" % compiler.process(element.clauses, **kw)
+
+
+@compiles(yyyymmdd, "postgresql")
+def _yyyymmdd_pg(element, compiler, **kw):  # noqa: ANN001
+    return "CAST(to_char(%s, 'YYYYMMDD') AS INTEGER)" % compiler.process(element.clauses, **kw)
