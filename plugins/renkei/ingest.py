@@ -82,7 +82,7 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
                 f"run `renkei pseudonymize --source {source.name} …` first"
             )
         with src_eng.connect() as sconn:
-            result = sconn.execution_options(yield_per=source.chunk_rows).execute(query)
+            result = sconn.execute(query, execution_options={"yield_per": source.chunk_rows})
             for part in result.mappings().partitions():
                 rows = [{**r, "run_id": run_id} for r in part]
                 wconn.execute(land.insert(), rows)
@@ -127,7 +127,7 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
     evaluated = 0
     with wh.connect() as conn:
         query = sa.select(*[land.c[c] for c in data_cols]).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execution_options(yield_per=source.chunk_rows).execute(query)
+        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
         for part in result.partitions():
             frame = pd.DataFrame([tuple(r) for r in part], columns=data_cols, dtype=object)
             outcome = validate_frame(source.name, frame, settings.expectations_dir)
@@ -193,7 +193,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"run the validate step first"
             )
         query = sa.select(land).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execution_options(yield_per=source.chunk_rows).execute(query)
+        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
         for part in result.mappings().partitions():
             good: list[dict] = []
             bad: list[dict] = []

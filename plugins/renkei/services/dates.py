@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from calendar import monthrange
+from calendar import isleap
 from datetime import date, timedelta
 
 _ONE_DAY = timedelta(days=1)
+# Days per month of a common year; calendar.monthrange also computes a weekday, which made it
+# the hot spot when rules are evaluated for every child of a city.
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def anniv(b: date, m: int) -> date:
@@ -16,7 +19,7 @@ def anniv(b: date, m: int) -> date:
     """
     months = b.month - 1 + m
     year, month = b.year + months // 12, months % 12 + 1
-    if b.day <= monthrange(year, month)[1]:
+    if b.day <= 28 or b.day <= _MONTH_DAYS[month - 1] or (b.day == 29 and isleap(year)):
         return date(year, month, b.day)
     return date(year + month // 12, month % 12 + 1, 1)
 
