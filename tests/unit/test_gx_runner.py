@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import time
 
 import pandas as pd
 import pytest
@@ -226,11 +225,14 @@ def test_missing_column_fails_every_row_not_silently():
     assert RowFailure(COLUMNS, "*") in failures[100]
 
 
-def test_outcome_carries_no_values():
+def test_neither_outcome_nor_log_carries_values(caplog):
     secret = "v1.SECRETTOKEN"
-    outcome = validate_frame("registry", frame("registry", dept_pseudonym={100: secret, 101: secret}, status={102: "ZZSECRET"}))
-    assert set(outcome.failures) == {100, 101, 102}
+    changes = {"dept_pseudonym": {100: secret, 101: secret}, "status": {102: "ZZSECRET"}, "sex": {103: "SECRETSEX"}}
+    with caplog.at_level("DEBUG"):
+        outcome = validate_frame("registry", frame("registry", **changes))
+    assert set(outcome.failures) == {100, 101, 102, 103}
     assert "SECRET" not in repr(outcome)
+    assert "SECRET" not in caplog.text
 
 
 def test_source_row_must_identify_rows():
@@ -296,16 +298,13 @@ def test_code_set_must_match_codes_yaml(tmp_path):
         load_suite("immunization", target)
 
 
-def test_fifty_thousand_rows_in_a_few_seconds():
+def test_fifty_thousand_rows_find_the_one_bad_row():
+    # Speed is measured in bench/, never asserted here; this checks the large-batch mapping.
     validate_frame("immunization", frame("immunization", rows=2))  # warm: GX import and suite build
     rows = 50_000
-    data = pd.concat([frame("immunization", rows=1, first_row=i) for i in range(1)] * 1)
     records = [clean_row("immunization", i) for i in range(rows)]
     records[31_337]["vaccine_code"] = "NOPE"
     data = pd.DataFrame(records, dtype=object)
-    started = time.perf_counter()
     outcome = validate_frame("immunization", data)
-    elapsed = time.perf_counter() - started
     assert outcome.failures == {31_337: [RowFailure(IN_SET, "vaccine_code")]}
     assert outcome.evaluated == rows
-    assert elapsed < 10, f"50k rows took {elapsed:.1f} s"

@@ -591,7 +591,15 @@ series:
         # a dose reference to a later dose
         (TWO_DOSES.replace("{anniv_prev_months: 6}", "{dose_plus_days: [2, 28]}"), "series.VAR.doses.2.notify_from.dose_plus_days[0]", "earlier dose"),
         # missing notify_from
-        (TWO_DOSES.replace("{notify_from: {anniv_prev_months: 6}}", "{valid_from: {anniv_prev_months: 3}}"), "series.VAR.doses.2.notify_from", "add notify_from"),
+        (TWO_DOSES.replace("{notify_from: {anniv_prev_months: 6}}", "{valid_from: {anniv_prev_months: 3}}"), "series.VAR.doses.2.notify_from", "add `notify_from:`"),
+        # unknown top-level key
+        (MINIMAL.replace("series:", "serie:"), "serie", "remove it"),
+        # a product series listing dose 1
+        (MINIMAL.replace("    doses:", "    requires_dose_1: true\n    doses:"), "series.BCG.doses.1", "start at dose 2"),
+        # a code list that is not a list
+        (MINIMAL.replace("    doses:", "    not_if_any_dose_of: HIB\n    doses:"), "series.BCG.not_if_any_dose_of", "[DPT_IPV, HIB]"),
+        # skip_if naming a later dose
+        (TWO_DOSES.replace("{notify_from: {anniv_prev_months: 6}}", "{notify_from: {anniv_prev_months: 6}, skip_if: {dose: 3, after: {reach_months: 7}}}"), "series.VAR.doses.2.skip_if.dose", "earlier dose"),
         # missing top-level key
         (MINIMAL.replace("last_chance_days: 30\n", ""), "last_chance_days", "add `last_chance_days:`"),
     ],

@@ -18,6 +18,7 @@ from renkei.errors import ConfigError, SourceError
 
 if TYPE_CHECKING:
     import pandas
+    from great_expectations.core import ExpectationSuite
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ TABLE = "*"  # the column of a failure that concerns the whole batch
 
 @dataclass(frozen=True, order=True)
 class RowFailure:
-    """One reason a row failed: the expectation type (or "parse_error") and the column."""
+    """One reason a row failed: the expectation type (or "parse_error") and the column checked.
+
+    For a column-pair expectation the column is column_A (the one expected to be later); for
+    a failure of the whole batch (e.g. the column set) it is "*".
+    """
 
     expectation: str
     column: str
@@ -70,7 +75,7 @@ def _expectations_dir(expectations_dir: Path | None) -> Path:
     return Settings.from_env().expectations_dir
 
 
-def load_suite(source: str, expectations_dir: Path | None = None) -> Any:
+def load_suite(source: str, expectations_dir: Path | None = None) -> ExpectationSuite:
     """The GX ExpectationSuite of a source from `<expectations_dir>/<source>.json`.
 
     Raises ConfigError (naming the file, the key and the fix) when the file is missing or

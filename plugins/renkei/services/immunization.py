@@ -31,7 +31,14 @@ from typing import Any
 from renkei.services.dates import age_months
 from renkei.services.rules import DoseRule, ImmunizationRules, SeriesRule, load_immunization_rules
 
-__all__ = ["Dose", "NoticeDraft", "ImmunizationRules", "evaluate_child", "load_immunization_rules", "notice_id"]
+__all__ = [
+    "Dose",
+    "ImmunizationRules",
+    "NoticeDraft",
+    "evaluate_child",
+    "load_immunization_rules",
+    "notice_id",
+]
 
 SERVICE = "immunization"
 RESIDENT = "resident"
@@ -86,12 +93,18 @@ def evaluate_child(
         recorded.setdefault((dose.vaccine_code, dose.dose_number), []).append(dose.administered_on)
     codes_given = {code for code, _ in recorded}
     lead = timedelta(days=rules.last_chance_days)
+    age = age_months(birth_date, on)
 
     drafts: list[NoticeDraft] = []
     for series in rules.series:
         if series.requires_dose_1 and (series.vaccine_code, 1) not in recorded:
             continue
         if not series.not_if_any_dose_of.isdisjoint(codes_given):
+            continue
+        # age ≥ M + 1 means on ≥ reach(b, M + 1) > reach(b, M); age < M means on < reach(b, M).
+        if series.legal_end_months is not None and age > series.legal_end_months:
+            continue
+        if series.legal_start_months is not None and age < series.legal_start_months:
             continue
         legal_end = series.legal_end(birth_date, _NO_DOSES, None)
         if on > legal_end:
@@ -103,7 +116,7 @@ def evaluate_child(
         if found is None:
             continue
         dose, counted, picked = found
-        draft = _open_notice(series, dose, birth_date, on, counted, picked, legal_start, legal_end, lead)
+        draft = _open_notice(series, dose, birth_date, on, age, counted, picked, legal_start, legal_end, lead)
         if draft is not None:
             drafts.append(draft)
     return drafts
@@ -138,12 +151,14 @@ def _open_notice(
     dose: DoseRule,
     birth_date: date,
     on: date,
+    age: int,
     counted: dict[int, date],
     picked: list[tuple[str, int, date]],
     legal_start: date,
     legal_end: date,
     lead: timedelta,
 ) -> NoticeDraft | None:
+    """The draft for the series' next dose if its notice is open on `on`, else None."""
     if dose.notify_from is None:  # the implicit dose 1 of a product series: notified elsewhere
         return None
     prev = picked[-1][2] if picked else None
@@ -169,7 +184,7 @@ def _open_notice(
         window_end=window_end,
         facts={
             "birth_date": birth_date.isoformat(),
-            "age_months": age_months(birth_date, on),
+            "age_months": age,
             "doses_counted": [[code, n, given_on.isoformat()] for code, n, given_on in picked],
             "evaluated_on": on.isoformat(),
         },

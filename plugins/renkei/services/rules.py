@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -14,13 +13,14 @@ import yaml
 
 from renkei.errors import ConfigError
 from renkei.services.dates import (
-    anniv,
     after_days,
+    anniv,
     fiscal_year_end,
     fiscal_year_start,
     reach,
     school_entry_year,
 )
+from renkei.settings import Settings
 
 # A compiled date expression: (birth date, counted doses of the series by number, previous
 # counted dose) → date. Compiled once at load so evaluation never touches the YAML.
@@ -33,6 +33,7 @@ _SERIES_KEYS = {
 _SERIES_REQUIRED = ("rule_id", "version", "vaccine_code", "legal_start", "legal_end", "doses")
 _DOSE_KEYS = {"notify_from", "valid_from", "until", "skip_if"}
 _TOP_KEYS = {"last_chance_days", "series"}
+_DOSE_TERMS = ("prev_plus_days", "anniv_prev_months", "dose_plus_days")
 _EXAMPLE = "e.g. {reach_months: 12}"
 
 
@@ -62,6 +63,10 @@ class SeriesRule:
     legal_start: DateFn
     legal_end: DateFn
     doses: tuple[DoseRule, ...]
+    # M when legal_start / legal_end is exactly {reach_months: M}: the evaluator can then rule
+    # a series out by the child's age in months before doing any date arithmetic.
+    legal_start_months: int | None = None
+    legal_end_months: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,21 +78,14 @@ class ImmunizationRules:
     series: tuple[SeriesRule, ...]
 
 
-def default_config_dir() -> Path:
-    """RENKEI_CONFIG_DIR if set, else the repository's config/ beside plugins/."""
-    configured = os.environ.get("RENKEI_CONFIG_DIR")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[3] / "config"
-
-
 def load_immunization_rules(path: Path | None = None) -> ImmunizationRules:
     """Load and validate the immunization rules (default <config>/services/immunization.yaml).
 
+    <config> is RENKEI_CONFIG_DIR, else the repository's config/ (renkei.settings).
     Cached per resolved path: call it freely; edit the file → restart (or clear the cache).
     """
     if path is None:
-        path = default_config_dir() / "services" / "immunization.yaml"
+        path = Settings.from_env().config_dir / "services" / "immunization.yaml"
     return _load_cached(Path(path).resolve())
 
 
@@ -114,43 +112,55 @@ class _Parser:
         self.path = path
 
     def fail(self, keypath: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {keypath}: {problem}; Fix: {fix}")
+        return ConfigError(f"{self.path}: {keypath or '(top level)'}: {problem}; Fix: {fix}")
 
     def mapping(self, node: Any, keypath: str, allowed: set[str] | None = None) -> dict:
         if not isinstance(node, dict):
-            raise self.fail(keypath, f"expected a mapping, got {_kind(node)}", "write it as key: value lines")
-        if allowed is not None:
-            for key in node:
-                if key not in allowed:
-                    raise self.fail(
-                        f"{keypath}.{key}" if keypath else str(key),
-                        "unknown key",
-                        f"remove it or use one of {', '.join(sorted(allowed))}",
-                    )
+            raise self.fail(keypath, f"expected a mapping, got {_kind(node)}", "write key: value lines")
+        for key in node if allowed is not None else ():
+            if key not in allowed:
+                raise self.fail(
+                    f"{keypath}.{key}" if keypath else str(key),
+                    "unknown key",
+                    f"remove it or use one of {', '.join(sorted(allowed))}",
+                )
         return node
+
+    def require(self, spec: dict, keys: tuple[str, ...], keypath: str, example: str) -> None:
+        for key in keys:
+            if key not in spec:
+                where = f"{keypath}.{key}" if keypath else key
+                raise self.fail(where, "missing required key", f"add `{key}:`, {example}")
 
     def integer(self, node: Any, keypath: str, minimum: int = 0) -> int:
         if isinstance(node, bool) or not isinstance(node, int) or node < minimum:
             raise self.fail(
-                keypath, f"expected an integer ≥ {minimum}, got {_kind(node)}", f"write a whole number ≥ {minimum}"
+                keypath,
+                f"expected an integer ≥ {minimum}, got {_kind(node)}",
+                f"write a whole number ≥ {minimum}",
             )
         return node
 
     def text(self, node: Any, keypath: str) -> str:
         if not isinstance(node, str) or not node.strip():
-            raise self.fail(keypath, f"expected a non-empty string, got {_kind(node)}", "write a name, e.g. imm.pcv")
+            raise self.fail(
+                keypath, f"expected a non-empty string, got {_kind(node)}", "write e.g. imm.pcv or PCV"
+            )
         return node
 
-    def codes(self, node: Any, keypath: str) -> tuple[str, ...]:
+    def codes(self, spec: dict, key: str, keypath: str) -> tuple[str, ...]:
+        node = spec[key]
         if not isinstance(node, list) or not node:
-            raise self.fail(keypath, f"expected a list of vaccine codes, got {_kind(node)}", "write e.g. [DPT_IPV, HIB]")
-        return tuple(self.text(code, f"{keypath}[{i}]") for i, code in enumerate(node))
+            raise self.fail(
+                f"{keypath}.{key}",
+                f"expected a list of vaccine codes, got {_kind(node)}",
+                "write e.g. [DPT_IPV, HIB]",
+            )
+        return tuple(self.text(code, f"{keypath}.{key}[{i}]") for i, code in enumerate(node))
 
     def rules(self, raw: Any) -> ImmunizationRules:
-        top = self.mapping(raw, "(top level)", _TOP_KEYS)
-        for key in _TOP_KEYS:
-            if key not in top:
-                raise self.fail(key, "missing required key", f"add `{key}:` at the top level")
+        top = self.mapping(raw, "", _TOP_KEYS)
+        self.require(top, ("last_chance_days", "series"), "", "at the top level")
         lead = self.integer(top["last_chance_days"], "last_chance_days")
         series_raw = self.mapping(top["series"], "series")
         if not series_raw:
@@ -170,31 +180,35 @@ class _Parser:
     def series(self, name: str, node: Any) -> SeriesRule:
         at = f"series.{name}"
         spec = self.mapping(node, at, _SERIES_KEYS)
-        for key in _SERIES_REQUIRED:
-            if key not in spec:
-                raise self.fail(f"{at}.{key}", "missing required key", f"add `{key}:` to series {name}")
+        self.require(spec, _SERIES_REQUIRED, at, f"to series {name}")
         vaccine_code = self.text(spec["vaccine_code"], f"{at}.vaccine_code")
         requires_dose_1 = spec.get("requires_dose_1", False)
         if not isinstance(requires_dose_1, bool):
-            raise self.fail(f"{at}.requires_dose_1", f"expected true or false, got {_kind(requires_dose_1)}", "write true or false")
+            raise self.fail(
+                f"{at}.requires_dose_1",
+                f"expected true or false, got {_kind(requires_dose_1)}",
+                "write true or false",
+            )
         doses_raw = self.mapping(spec["doses"], f"{at}.doses")
         if not doses_raw:
-            raise self.fail(f"{at}.doses", "no doses defined", "list at least one dose number with its notify_from")
+            raise self.fail(f"{at}.doses", "no doses defined", "list each dose number with its notify_from")
         numbers = [self.integer(n, f"{at}.doses.{n}", minimum=1) for n in doses_raw]
         if numbers != sorted(set(numbers)):
-            raise self.fail(f"{at}.doses", "dose numbers must be listed once each, in increasing order", "reorder them")
+            raise self.fail(f"{at}.doses", "dose numbers are not in increasing order", "reorder them")
         if requires_dose_1 and numbers[0] == 1:
             raise self.fail(
-                f"{at}.doses.1", "dose 1 cannot be notified when requires_dose_1 is true",
-                "start the doses at 2 (dose 1 is notified by the series that chooses the product)",
+                f"{at}.doses.1",
+                "dose 1 cannot be notified when requires_dose_1 is true",
+                "start at dose 2 (dose 1 is notified by the series that chooses the product)",
             )
+        # With requires_dose_1, dose 1 is implicit: it must count, but is never notified here.
         earlier: list[int] = [1] if requires_dose_1 else []
         doses: list[DoseRule] = [DoseRule(number=1, notify_from=None)] if requires_dose_1 else []
         for n in numbers:
             doses.append(self.dose(n, doses_raw[n], f"{at}.doses.{n}", tuple(earlier)))
             earlier.append(n)
-        counts = self.codes(spec["counts"], f"{at}.counts") if "counts" in spec else (vaccine_code,)
-        excluded = self.codes(spec["not_if_any_dose_of"], f"{at}.not_if_any_dose_of") if "not_if_any_dose_of" in spec else ()
+        counts = self.codes(spec, "counts", at) if "counts" in spec else (vaccine_code,)
+        excluded = self.codes(spec, "not_if_any_dose_of", at) if "not_if_any_dose_of" in spec else ()
         return SeriesRule(
             name=name,
             rule_id=self.text(spec["rule_id"], f"{at}.rule_id"),
@@ -206,57 +220,81 @@ class _Parser:
             legal_start=self.expr(spec["legal_start"], f"{at}.legal_start", ()),
             legal_end=self.expr(spec["legal_end"], f"{at}.legal_end", ()),
             doses=tuple(doses),
+            legal_start_months=_reach_months_only(spec["legal_start"]),
+            legal_end_months=_reach_months_only(spec["legal_end"]),
         )
 
     def dose(self, n: int, node: Any, at: str, earlier: tuple[int, ...]) -> DoseRule:
         spec = self.mapping(node, at, _DOSE_KEYS)
-        if "notify_from" not in spec:
-            raise self.fail(f"{at}.notify_from", "missing required key", f"add notify_from, {_EXAMPLE}")
+        self.require(spec, ("notify_from",), at, _EXAMPLE)
         skip_dose, skip_after = None, None
         if "skip_if" in spec:
             skip = self.mapping(spec["skip_if"], f"{at}.skip_if", {"dose", "after"})
-            for key in ("dose", "after"):
-                if key not in skip:
-                    raise self.fail(f"{at}.skip_if.{key}", "missing required key", "write {dose: 1, after: {reach_months: 7}}")
-            skip_dose = self.integer(skip["dose"], f"{at}.skip_if.dose", minimum=1)
-            if skip_dose not in earlier:
-                raise self.fail(f"{at}.skip_if.dose", "must name an earlier dose of this series", "use a dose number listed before this one")
+            self.require(skip, ("dose", "after"), f"{at}.skip_if", "e.g. {dose: 1, after: {reach_months: 7}}")
+            skip_dose = self.dose_ref(skip["dose"], f"{at}.skip_if.dose", earlier)
             skip_after = self.expr(skip["after"], f"{at}.skip_if.after", earlier)
+        optional = {
+            key: self.expr(spec[key], f"{at}.{key}", earlier) for key in ("valid_from", "until") if key in spec
+        }
         return DoseRule(
             number=n,
             notify_from=self.expr(spec["notify_from"], f"{at}.notify_from", earlier),
-            valid_from=self.expr(spec["valid_from"], f"{at}.valid_from", earlier) if "valid_from" in spec else None,
-            until=self.expr(spec["until"], f"{at}.until", earlier) if "until" in spec else None,
+            valid_from=optional.get("valid_from"),
+            until=optional.get("until"),
             skip_if_dose=skip_dose,
             skip_if_after=skip_after,
         )
 
+    def dose_ref(self, node: Any, at: str, earlier: tuple[int, ...]) -> int:
+        k = self.integer(node, at, minimum=1)
+        if k not in earlier:
+            raise self.fail(
+                at, "must name an earlier dose of this series", "use a dose number listed before this one"
+            )
+        return k
+
     def expr(self, node: Any, at: str, earlier: tuple[int, ...]) -> DateFn:
         """Compile one date expression; `earlier` are the dose numbers it may refer to."""
         if not isinstance(node, dict) or len(node) != 1:
-            raise self.fail(at, f"expected a date expression with exactly one term, got {_kind(node)}", f"write {_EXAMPLE}")
-        (term, arg), = node.items()
+            raise self.fail(
+                at, f"expected a date expression with exactly one term, got {_kind(node)}", f"write {_EXAMPLE}"
+            )
+        ((term, arg),) = node.items()
         where = f"{at}.{term}"
         if term in ("max", "min"):
             if not isinstance(arg, list) or not arg:
-                raise self.fail(where, f"expected a list of date expressions, got {_kind(arg)}", f"write e.g. {{{term}: [{{reach_months: 2}}, {{birth_plus_days: 42}}]}}")
+                raise self.fail(
+                    where,
+                    f"expected a list of date expressions, got {_kind(arg)}",
+                    f"write e.g. {{{term}: [{{reach_months: 2}}, {{birth_plus_days: 42}}]}}",
+                )
             parts = tuple(self.expr(item, f"{where}[{i}]", earlier) for i, item in enumerate(arg))
             pick = max if term == "max" else min
             return lambda b, doses, prev: pick(part(b, doses, prev) for part in parts)
-        if term in ("prev_plus_days", "anniv_prev_months", "dose_plus_days") and not earlier:
-            raise self.fail(where, "refers to an earlier dose, but this is the series' first dose", "use a term of the birth date, e.g. {reach_months: 2}")
+        if term in _DOSE_TERMS and not earlier:
+            raise self.fail(
+                where,
+                "refers to an earlier dose, but this is the series' first dose",
+                "use a term of the birth date, e.g. {reach_months: 2}",
+            )
         if term == "dose_plus_days":
             if not isinstance(arg, list) or len(arg) != 2:
-                raise self.fail(where, f"expected [dose number, days], got {_kind(arg)}", "write e.g. {dose_plus_days: [1, 28]}")
-            k = self.integer(arg[0], f"{where}[0]", minimum=1)
+                raise self.fail(
+                    where, f"expected [dose number, days], got {_kind(arg)}", "write e.g. [1, 28]"
+                )
+            k = self.dose_ref(arg[0], f"{where}[0]", earlier)
             days = self.integer(arg[1], f"{where}[1]")
-            if k not in earlier:
-                raise self.fail(f"{where}[0]", "must name an earlier dose of this series", "use a dose number listed before this one")
             return lambda b, doses, prev: after_days(doses[k], days)
         builder = _TERMS.get(term)
         if builder is None:
-            raise self.fail(where, "unknown term", f"use one of {', '.join(sorted(_TERMS) + ['dose_plus_days', 'max', 'min'])}")
+            known = sorted([*_TERMS, "dose_plus_days", "max", "min"])
+            raise self.fail(where, "unknown term", f"use one of {', '.join(known)}")
         return builder(self.integer(arg, where))
+
+
+def _reach_months_only(node: Any) -> int | None:
+    """M if a (validated) expression is exactly {reach_months: M}, else None."""
+    return node["reach_months"] if len(node) == 1 and "reach_months" in node else None
 
 
 def _kind(node: Any) -> str:

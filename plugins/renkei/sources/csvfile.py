@@ -29,21 +29,23 @@ class _LineDecoder:
         for number, raw in enumerate(self._lines):
             if number == 0 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
-            try:
-                yield raw.decode("utf-8")
-                continue
-            except UnicodeDecodeError:
-                pass
-            try:
-                # cp932, not shift_jis: cp932 has the IBM/NEC extensions (髙, ①) registers use.
-                yield raw.decode("cp932")
-                continue
-            except UnicodeDecodeError:
-                pass
-            self.failed = True
-            # UTF-8 replacement never swallows an ASCII byte, so quotes, commas and newlines
-            # keep the CSV structure intact; the row itself is reported as malformed.
-            yield raw.decode("utf-8", errors="replace")
+            text = _decode(raw)
+            if text is None:
+                self.failed = True
+                # UTF-8 replacement never swallows an ASCII byte, so quotes, commas and
+                # newlines keep the CSV structure intact; the row is reported as malformed.
+                text = raw.decode("utf-8", errors="replace")
+            yield text
+
+
+def _decode(raw: bytes) -> str | None:
+    # cp932, not shift_jis: cp932 has the IBM/NEC extensions (髙, ①) that registers use.
+    for encoding in ("utf-8", "cp932"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return None
 
 
 def read_csv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str] | None]]]:
@@ -51,8 +53,8 @@ def read_csv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str] | Non
 
     fields is None for a malformed row (wrong number of fields, undecodable bytes, or an empty
     row before the end of the file): the caller quarantines it. Empty rows at the end (blank
-    lines, or only commas) are ignored. row_index is 0-based over data rows. Raises SourceError when the file cannot be
-    opened or has no readable header.
+    lines, or only commas) are ignored. row_index is 0-based over data rows. Raises
+    SourceError when the file cannot be opened or has no readable header.
     """
     path = Path(path)
     try:

@@ -82,7 +82,7 @@ def build_nhi(city: City, rng: np.random.Generator) -> Table:
     recently_75 = (age >= 75) & (turned_75 > today - np.timedelta64(3 * 365, "D"))
     share = np.select(
         [age < 20, age < 40, age < 60, age < 65, age < 75, recently_75],
-        [0.07, 0.11, 0.14, 0.45, 0.90, 0.90], 0.0,
+        [0.05, 0.08, 0.10, 0.45, 0.90, 0.90], 0.0,
     )
     member = np.flatnonzero(rng.random(n) < share)
     b, age_m = b[member], age[member]
@@ -265,7 +265,7 @@ def build_events(city: City, rng: np.random.Generator) -> Table:
         name = names[int(rng.integers(len(names)))]
         titles.append(f"{venue} {name}")
         venues.append(venue)
-        long_running.append(name in ("冬のイルミネーション", "桜まつり", "春のマルシェ"))
+        long_running.append(name == "冬のイルミネーション")
     hour = rng.choice(np.array([10, 13, 18]), size=n, p=(0.5, 0.35, 0.15))
     starts = start_day.astype(SECOND) + (hour * 3600).astype("timedelta64[s]")
     same_day_end = starts + (rng.integers(2, 5, n) * 3600).astype("timedelta64[s]")

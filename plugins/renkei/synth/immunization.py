@@ -46,8 +46,8 @@ def build_immunization(city: City, rng: np.random.Generator) -> Table:
         if number > 1:
             keep &= rng.random(who.size) >= GAP_SHARE
         residents.append(who[keep])
-        vaccines.append(np.full(int(keep.sum()), vaccine))
-        doses.append(np.full(int(keep.sum()), number))
+        vaccines.append(np.full(int(keep.sum()), vaccine, dtype=np.int8))
+        doses.append(np.full(int(keep.sum()), number, dtype=np.int8))
         dates.append(on[keep])
     resident = np.concatenate(residents)
     vaccine = np.concatenate(vaccines)
