@@ -36,20 +36,32 @@ def need_service(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_url():
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+def pg_factory():
+    """Creates fresh PostgreSQL databases on demand; drops them all at the end of the session."""
     need_service("PostgreSQL", "127.0.0.1", 5432)
     import sqlalchemy as sa
 
-    name = f"renkei_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def create() -> str:
+        name = f"renkei_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in made:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_factory):
+    """A PostgreSQL database of this test module's own."""
+    return pg_factory()
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         started = time.perf_counter()
         _say(event="start", dag_id=dag_id)
-        dag_run = dag.test(logical_date=logical, run_conf={"as_of": args.as_of.isoformat()})
+        dag_run = dag.test(run_after=logical, logical_date=logical, run_conf={"as_of": args.as_of.isoformat()})
         state = str(getattr(dag_run, "state", "unknown"))
         _say(event="end", dag_id=dag_id, run_id=dag_run.run_id, state=state,
              seconds=round(time.perf_counter() - started, 2))

@@ -141,7 +141,7 @@ mart_residents = sa.Table(
     sa.Column("age_years", sa.Integer),  # legal age on as_of (年齢計算ニ関スル法律)
     sa.Column("as_of", sa.Date, nullable=False),
     sa.Column("dose_count", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("immunization_history", sa.Text),  # "CODE#n@YYYY-MM-DD,…" in date order
+    sa.Column("immunization_history", sa.Text),  # "CODE#n@YYYY-MM-DD,…" sorted
     sa.Column("checkups", sa.Text),  # "M4@YYYY-MM-DD,…"
     sa.Column("nhi_qualified_on", sa.Date),
     sa.Column("nhi_disqualified_on", sa.Date),
@@ -266,3 +266,15 @@ def _yyyymmdd_sqlite(element, compiler, **kw):  # noqa: ANN001
 @compiles(yyyymmdd, "postgresql")
 def _yyyymmdd_pg(element, compiler, **kw):  # noqa: ANN001
     return "CAST(to_char(%s, 'YYYYMMDD') AS INTEGER)" % compiler.process(element.clauses, **kw)
+
+
+# The change channel for setups without Redis (renkei.events, kind changelog_table).
+change_log = sa.Table(
+    "change_log", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # ChangeEvent JSON: no personal data
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("consumed_at", TS),  # NULL = not yet handed to Airflow
+    sa.Index("ix_change_log_pending", "source", "consumed_at", "id"),
+)

@@ -36,6 +36,22 @@ def _day_bounds(on: date) -> tuple[str, str]:
     return f"{on.isoformat()}T00:00:00+09:00", f"{nxt.isoformat()}T00:00:00+09:00"
 
 
+def _ordered_agg(conn: sa.Connection, pieces: sa.Select, label: str, count: bool = False) -> sa.Subquery:
+    """Per-ERK comma-joined ``piece``, sorted by piece (deterministic on every engine).
+
+    PostgreSQL gets ``string_agg(… ORDER BY …)``; SQLite before 3.44 has no ordered aggregates,
+    and its group_concat follows the order of an ordered FROM-subquery.
+    """
+    inner = pieces.subquery()
+    agg = sa.func.aggregate_strings(inner.c.piece, ",")
+    if conn.dialect.name != "sqlite":
+        agg = agg.aggregate_order_by(inner.c.piece)
+    cols = [inner.c.erk, agg.label(label)]
+    if count:
+        cols.append(sa.func.count().label("n"))
+    return sa.select(*cols).group_by(inner.c.erk).subquery()
+
+
 def build_mart(warehouse_url: str, as_of: date, run_id: str) -> dict:
     """Rebuild the mart for evaluation date ``as_of``; returns counts."""
     srcs = load_sources()
@@ -88,26 +104,24 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str) -> dict:
             )
             conn.execute(sa.insert(link_flags).from_select(["source", "record_key", "reason", "erk", "built_run_id"], q))
 
-        doses = (
-            sa.select(
-                mart_doses.c.erk,
-                sa.func.count().label("n"),
-                sa.func.aggregate_strings(
-                    mart_doses.c.vaccine_code + "#" + sa.cast(mart_doses.c.dose_number, sa.String)
-                    + "@" + sa.cast(mart_doses.c.administered_on, sa.String), ","
-                ).label("history"),
-            ).group_by(mart_doses.c.erk).subquery()
+        dose_piece = (
+            mart_doses.c.vaccine_code + "#" + sa.cast(mart_doses.c.dose_number, sa.String)
+            + "@" + sa.cast(mart_doses.c.administered_on, sa.String)
         )
-        checks = (
-            sa.select(
-                chk.c.erk,
-                sa.func.aggregate_strings(chk.c.checkup_code + "@" + sa.cast(chk.c.examined_on, sa.String), ",").label("codes"),
-            ).where(chk.c.examined_on <= as_of).group_by(chk.c.erk).subquery()
+        doses = _ordered_agg(
+            conn, sa.select(mart_doses.c.erk, dose_piece.label("piece"))
+            .order_by(mart_doses.c.erk, dose_piece), "history", count=True,
         )
-        subs = (
-            sa.select(sub.c.erk, sa.func.aggregate_strings(sub.c.topic, ",").label("topics"))
+        checks = _ordered_agg(
+            conn, sa.select(chk.c.erk, (chk.c.checkup_code + "@" + sa.cast(chk.c.examined_on, sa.String)).label("piece"))
+            .where(chk.c.examined_on <= as_of).order_by(chk.c.erk, "piece"),
+            "codes",
+        )
+        subs = _ordered_agg(
+            conn, sa.select(sub.c.erk, sub.c.topic.label("piece"))
             .where(sub.c.opted_in_at < next_day, sa.or_(sub.c.opted_out_at.is_(None), sub.c.opted_out_at >= next_day))
-            .group_by(sub.c.erk).subquery()
+            .distinct().order_by(sub.c.erk, sub.c.topic),
+            "topics",
         )
         depts = sa.select(linkage.c.erk, sa.func.count().label("n")).group_by(linkage.c.erk).subquery()
         age = (sa.literal(d_plus_1) - yyyymmdd(reg.c.birth_date)) / 10000

@@ -80,10 +80,17 @@ def generate(residents: int, seed: int, as_of: datetime.date, out: Path, fmt: st
         "counts": {source: counts[source] for source in SOURCE_ORDER},
         "defects": [e for source in SOURCE_ORDER for e in entries[source]],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n",
-                                       encoding="utf-8")
+    (out / "manifest.json").write_text(_manifest_json(manifest), encoding="utf-8")
     say(f"manifest: {len(manifest['defects']):,} entries → {out / 'manifest.json'}")
     return manifest
+
+
+def _manifest_json(manifest: dict) -> str:
+    """The manifest as JSON with one defect entry per line (diffable, and cheap for large runs)."""
+    head = [f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}"
+            for key, value in manifest.items() if key != "defects"]
+    defects = ",\n".join(f"  {json.dumps(entry, ensure_ascii=False)}" for entry in manifest["defects"])
+    return "{\n" + ",\n".join(head) + ',\n "defects": [\n' + defects + "\n ]\n}\n"
 
 
 def _check_arguments(residents: int, seed: int, as_of: datetime.date, fmt: str, defect_rate: float) -> None:

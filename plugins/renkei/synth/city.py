@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from renkei.synth import pools
-from renkei.synth.dates import DAY, SECOND, day, days, iso_dates, iso_timestamps
+from renkei.synth.dates import DAY, SECOND, anniv, day, days, iso_dates, iso_timestamps
 
 # Relative head-count per single year of age (an old-age-heavy pyramid with the 1947–49 boom at
 # 76–78); rescaled below so that 65+ is AGED_SHARE and age 0 is BIRTHS_PER_RESIDENT.
@@ -34,7 +34,7 @@ _GIVEN_KANA = [g[1] for g in _GIVEN]
 _TOWNS = [town for ward in pools.TOWNS for town in ward]
 _TOWN_OFFSET = np.cumsum([0] + [len(ward) for ward in pools.TOWNS])
 _WARD_CODES = [w[0] for w in pools.WARDS]
-_WARD_NAMES = [w[1] for w in pools.WARDS]
+_TOWN_PREFIX = [f"北九州市{pools.WARDS[w][1]}{town}" for w, ward in enumerate(pools.TOWNS) for town, _ in ward]
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,12 @@ class City:
 
     def address(self, idx: np.ndarray) -> list[str]:
         hh = self.household[idx]
-        wards = self.household_ward[hh].tolist()
         towns = self.household_town[hh].tolist()
         blocks = self.household_block[hh].tolist()
-        out = []
-        for w, t, (chome, ban, go) in zip(wards, towns, blocks):
-            town, _ = _TOWNS[t]
-            block = f"{chome}丁目{ban}番{go}号" if chome else f"{ban}番{go}号"
-            out.append(f"北九州市{_WARD_NAMES[w]}{town}{block}")
-        return out
+        return [
+            f"{_TOWN_PREFIX[t]}{chome}丁目{ban}番{go}号" if chome else f"{_TOWN_PREFIX[t]}{ban}番{go}号"
+            for t, (chome, ban, go) in zip(towns, blocks)
+        ]
 
     def birth_dates(self, idx: np.ndarray) -> list[str | None]:
         return iso_dates(self.birth[idx])
@@ -135,15 +132,10 @@ class City:
 
 
 def age_on(birth: np.ndarray, when: np.datetime64) -> np.ndarray:
-    """Completed years of age on `when`."""
-    birth_year = birth.astype("datetime64[Y]").astype(np.int64)
-    when_year = np.datetime64(when, "Y").astype(np.int64)
-    birthday_this_year = (birth.astype("datetime64[M]") - birth.astype("datetime64[Y]").astype("datetime64[M]"))
-    month_day_birth = birthday_this_year.astype(np.int64) * 32 + (birth - birth.astype("datetime64[M]").astype(DAY)).astype(np.int64)
-    when_m = np.datetime64(when, "M")
-    month_day_when = (when_m - np.datetime64(when, "Y").astype("datetime64[M]")).astype(np.int64) * 32 + (
-        np.datetime64(when, "D") - when_m.astype(DAY)).astype(np.int64)
-    return when_year - birth_year - (month_day_when < month_day_birth)
+    """Completed years of age on `when` (the birthday counted from its anniversary)."""
+    when = np.datetime64(when, "D")
+    years = when.astype("datetime64[Y]").astype(np.int64) - birth.astype("datetime64[Y]").astype(np.int64)
+    return years - (anniv(birth, years * 12) > when)
 
 
 def build_city(residents: int, as_of: datetime.date, rng: np.random.Generator) -> City:
@@ -173,7 +165,7 @@ def build_city(residents: int, as_of: datetime.date, rng: np.random.Generator) -
     given = _given_names(birth, sex, rng)
     kana_style = rng.choice(3, size=residents, p=(0.75, 0.18, 0.07)).astype(np.int8)
     status, status_date = _statuses(today, age, birth, household, n_households, rng)
-    updated_at = _updated_at(today, np.fmax(birth, status_date), rng)
+    updated_at = updated_timestamps(today, np.fmax(birth, status_date), rng)
 
     return City(
         as_of=today, code=unique_random_ints(rng, residents, 10**11), birth=birth, sex=sex,
@@ -209,7 +201,6 @@ def updated_timestamps(today: np.datetime64, floor: np.ndarray, rng: np.random.G
     return when.astype(SECOND) + seconds.astype("timedelta64[s]")
 
 
-_updated_at = updated_timestamps
 
 
 def _ages(residents: int, rng: np.random.Generator) -> np.ndarray:

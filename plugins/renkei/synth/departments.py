@@ -222,7 +222,7 @@ def build_contacts(city: City, rng: np.random.Generator) -> Table:
         addresses = []
         for k, (c, (h1, h2)) in enumerate(zip(channel[rows].tolist(), handle[rows].tolist())):
             if c == 0:
-                addresses.append(f"r{_base36(h1)[:10]}@example.com")
+                addresses.append(f"r{h1 >> 20:011x}@example.com")
             elif c == 1:
                 addresses.append(f"U{h1:016x}{h2:016x}")
             else:
@@ -236,15 +236,6 @@ def build_contacts(city: City, rng: np.random.Generator) -> Table:
         }
 
     return Table("registry_contact", n, render, resident)
-
-
-def _base36(value: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = []
-    while value:
-        value, r = divmod(value, 36)
-        out.append(digits[r])
-    return "".join(reversed(out)) or "0"
 
 
 def build_events(city: City, rng: np.random.Generator) -> Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import sqlite3
 from pathlib import Path
 
@@ -67,21 +68,19 @@ def _write_csv(table: Table, path: Path, fmt: str, defects: dict[int, Defect],
     date_columns = table.columns_of_type("date")
     era_entries: list[dict] = []
     with path.open("w", encoding=encoding, newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(table.columns)
+        csv.writer(handle).writerow(table.columns)
         for start, stop, values in _chunks(table, defects):
             if fmt == "csv-cp932" and "name_kanji" in values:
                 values["name_kanji"] = [v.translate(_CP932_FOLD) for v in values["name_kanji"]]
             era_entries += _era_dates(table.source, start, stop, values, date_columns, defects, rng)
-            rows = [["" if v is None else v for v in row]
-                    for row in zip(*(values[name] for name in table.columns))]
+            rows: list = list(zip(*(values[name] for name in table.columns)))  # csv writes None as ""
             for row in (r for r in defects if start <= r < stop and defects[r].shape):
-                fields = rows[row - start]
-                if defects[row].shape == "extra":
-                    fields.append(fields[-1])
-                else:
-                    fields.pop()
-            writer.writerows(rows)
+                fields = list(rows[row - start])
+                rows[row - start] = fields + fields[-1:] if defects[row].shape == "extra" else fields[:-1]
+            # One write per chunk: encoding row by row through the text layer is the bottleneck.
+            buffer = io.StringIO(newline="")
+            csv.writer(buffer).writerows(rows)
+            handle.write(buffer.getvalue())
     return era_entries
 
 
