@@ -37,6 +37,7 @@ class Source:
     ingest: bool
     columns: dict[str, str]  # raw column -> type
     max_failure_rate: float
+    min_failures_to_halt: int
     chunk_rows: int
 
     @property
@@ -105,6 +106,7 @@ def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
             ingest=bool(spec.get("ingest", True)),
             columns=dict(cols),
             max_failure_rate=float(spec.get("max_failure_rate", defaults.get("max_failure_rate", 0.05))),
+            min_failures_to_halt=int(spec.get("min_failures_to_halt", defaults.get("min_failures_to_halt", 10))),
             chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
         )
         if key not in src.extract_columns:

@@ -139,7 +139,10 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             failures.setdefault(row, []).append(RowFailure("expect_column_values_to_be_unique", source.key))
     reasons = {row: quarantine_reason(f) for row, f in failures.items()}
     by_reason = Counter(r for reason in reasons.values() for r in reason.split("; "))
-    rate = len(reasons) / evaluated if evaluated else 0.0
+    with wh.connect() as conn:
+        known = _already_quarantined(conn, source, land, run_id, set(reasons))
+    new_failures = len(reasons) - len(known)
+    halt = _halts(source, new_failures, evaluated - len(known))
     with wh.begin() as conn:
         conn.execute(land.update().where(land.c.run_id == run_id).values(quarantine_reason=None))
         if reasons:
@@ -149,19 +152,56 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
                 .values(quarantine_reason=sa.bindparam("b_reason"))
             )
             conn.execute(stmt, [{"b_row": row, "b_reason": reason} for row, reason in reasons.items()])
-        state = "failed" if rate > source.max_failure_rate else "validated"
+        state = "failed" if halt else "validated"
         _record_run(conn, source.name, run_id, read=evaluated, failed=len(reasons), state=state)
     wh.dispose()
-    summary = {"evaluated": evaluated, "failed": len(reasons), "reasons": dict(by_reason.most_common())}
-    log.info("validate %s: %d of %d rows fail (%s)", source.name, len(reasons), evaluated, summary["reasons"])
-    if rate > source.max_failure_rate:
+    summary = {"evaluated": evaluated, "failed": len(reasons), "already_quarantined": len(known),
+               "reasons": dict(by_reason.most_common())}
+    log.info("validate %s: %d of %d rows fail, %d of them already quarantined (%s)",
+             source.name, len(reasons), evaluated, len(known), summary["reasons"])
+    if halt:
+        fresh = evaluated - len(known)
         raise ValidationFailed(
-            f"{source.name}: {len(reasons)} of {evaluated} rows ({rate:.1%}) fail validation, above the "
-            f"limit {source.max_failure_rate:.1%}; nothing was loaded. Reasons: {summary['reasons']}. "
+            f"{source.name}: {new_failures} of {fresh} new rows ({new_failures / fresh:.1%}) fail validation, above "
+            f"the limit {source.max_failure_rate:.1%}; nothing was loaded. Reasons: {summary['reasons']}. "
             f"Fix the extract at the department and re-run, or raise max_failure_rate for "
             f"{source.name} in config/sources.yaml if this is expected."
         )
     return summary
+
+
+def _halts(source: Source, new_failures: int, fresh_rows: int) -> bool:
+    """Whether a batch's new failures mean something is systematically wrong with the source.
+
+    A tiny incremental batch with one typo must not block the source: the rate applies only
+    once at least ``min_failures_to_halt`` new rows fail.
+    """
+    if fresh_rows <= 0 or new_failures < source.min_failures_to_halt:
+        return False
+    return new_failures / fresh_rows > source.max_failure_rate
+
+
+def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, rows: set[int]) -> set[int]:
+    """Failing rows identical to a row quarantined before (e.g. re-read because their
+    timestamp is missing): known failures, not evidence of a new problem."""
+    if not rows:
+        return set()
+    cols = [c for c in land.columns if c.name != "quarantine_reason"]
+    hashes: dict[str, int] = {}
+    for part in _chunks(sorted(rows), 1000):
+        q = sa.select(*cols).where(land.c.run_id == run_id, land.c.source_row.in_(part))
+        for r in conn.execute(q).mappings():
+            hashes[row_hash(dict(r))] = r["source_row"]
+    known: set[int] = set()
+    for part in _chunks(list(hashes), 1000):
+        q = sa.select(quarantine.c.row_hash).where(quarantine.c.source == source.name, quarantine.c.row_hash.in_(part))
+        known.update(hashes[h] for h in conn.execute(q).scalars())
+    return known
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _to_date(value: str | None) -> date | None:

@@ -110,7 +110,7 @@ def test_failure_above_the_limit_loads_nothing(settings, tmp_path, ring):
     rows = [_imm_row(i, vaccine_code="XYZ" if i % 2 else "HEPB") for i in range(20)]
     pseudonymize(IMM, str(_write(tmp_path / "imm.csv", rows)), settings.extracts_url, ring)
     extract(IMM, "bad", settings)
-    with pytest.raises(ValidationFailed, match="10 of 20 rows") as exc:
+    with pytest.raises(ValidationFailed, match="10 of 20 new rows") as exc:
         validate(IMM, "bad", settings)
     assert "IM000" not in str(exc.value)  # names no record values
     with pytest.raises(ValidationFailed, match="not validated"):
@@ -130,3 +130,27 @@ def test_tampered_pseudonym_is_quarantined_not_loaded(settings, tmp_path, ring):
     validate(IMM, "t", settings)
     out = load(IMM, "t", ring, settings)
     assert out["quarantined"] == 1 and out["loaded"] == 29
+
+
+def test_one_typo_in_a_small_batch_does_not_block_the_source(settings, tmp_path, ring):
+    rows = [_imm_row(0), _imm_row(1, vaccine_code="XYZ")]
+    pseudonymize(IMM, str(_write(tmp_path / "imm.csv", rows)), settings.extracts_url, ring)
+    extract(IMM, "small", settings)
+    validate(IMM, "small", settings)  # 50% fail, but 1 < min_failures_to_halt
+    assert load(IMM, "small", ring, settings)["loaded"] == 1
+
+
+def test_known_failures_reread_every_run_do_not_halt_the_next_run(settings, tmp_path, ring):
+    # Rows without a timestamp cannot be placed after a watermark, so every run re-reads them;
+    # they are already quarantined and must not count as a new problem.
+    rows = [_imm_row(i) for i in range(300)] + [_imm_row(300 + i, updated_at="") for i in range(12)]
+    src = _write(tmp_path / "imm.csv", rows)
+    pseudonymize(IMM, str(src), settings.extracts_url, ring)
+    extract(IMM, "k1", settings)
+    validate(IMM, "k1", settings)
+    assert load(IMM, "k1", ring, settings)["quarantined"] == 12
+    extract(IMM, "k2", settings)  # re-reads the 12 (and the boundary rows)
+    out = validate(IMM, "k2", settings)
+    assert out["failed"] == 12 and out["already_quarantined"] == 12
+    assert load(IMM, "k2", ring, settings)["quarantined"] == 12
+    assert _count(settings.warehouse_url, "quarantine") == 12
