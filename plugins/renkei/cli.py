@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--work", help="work dir (default var/run)")
     rn.add_argument("--keyring", help="keyring path (default: $RENKEI_KEYRING, else <work>/keyring.json)")
     rn.set_defaults(func=_run)
+
+    # Further commands live one module each in renkei.commands (register(subparsers)).
+    import importlib
+    import pkgutil
+
+    import renkei.commands as commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"renkei.commands.{mod}").register(sub)
     return ap
 
 
