@@ -13,6 +13,7 @@ DEMO := var/demo
 
 help:
 	@echo "make demo   set up and run the demo end to end on embedded defaults (SQLite)"
+	@echo "make up     Airflow UI on embedded defaults with the Renkei DAGs (after make demo); Ctrl-C / make down"
 	@echo "make test   run the tests (PostgreSQL/Redis tests skip when absent unless RENKEI_REQUIRE_SERVICES=1)"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -28,6 +29,13 @@ demo: $(STAMP)
 	$(BIN)/renkei keys init --path $(DEMO)/keyring.json
 	$(BIN)/renkei synth --residents $(RESIDENTS) --seed $(SEED) --as-of $(AS_OF) --out $(DEMO)/raw
 	RENKEI_KEYRING=$(DEMO)/keyring.json $(BIN)/renkei run --raw $(DEMO)/raw --as-of $(AS_OF) --work $(DEMO)
+
+up: $(STAMP)
+	@test -f $(DEMO)/warehouse.db || $(MAKE) demo
+	RENKEI_KEYRING=$(DEMO)/keyring.json $(BIN)/python -m renkei.local_airflow --work $(DEMO)
+
+down:
+	@$(BIN)/python -m renkei.local_airflow --work $(DEMO) --down
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -5,24 +5,31 @@
       → load (dept pseudonym → ERK in memory; staging upsert, quarantine, watermark; one transaction)
       → outlet Asset renkei_staging_<source> with the counts in its event's extra
 
-Only counts travel through XCom. Triggered by `renkei run`, the UI, or (later) change events.
+Scheduled on events *and* time: a change event on the source's durable channel (an Asset with
+an AssetWatcher over renkei's ChangeStreamTrigger) or the sweep cron of config/sources.yaml,
+whichever comes first. A message is only a wake-up: every run reads from the persisted
+watermark, so a run picks up everything changed, the sweep bounds the delay of an event lost or
+stranded, and max_active_runs=1 keeps a burst from starting runs that fight over the watermark.
+Only counts travel through XCom.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from renkei.assets import staging
+from renkei.assets import changes, staging
 from renkei.config import ingest_sources
 
 
-def build_ingest_dag(source_name: str):
+def build_ingest_dag(source_name: str, sweep_cron: str):
     asset = staging(source_name)
 
     @dag(
         dag_id=f"ingest_{source_name}",
-        schedule=None,
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(sweep_cron, timezone="Asia/Tokyo"), assets=[changes(source_name)]
+        ),
         start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
         catchup=False,
         max_active_runs=1,  # runs of one source never fight over its watermark
@@ -64,4 +71,4 @@ def build_ingest_dag(source_name: str):
 
 
 for _source in ingest_sources():
-    globals()[f"ingest_{_source.name}"] = build_ingest_dag(_source.name)
+    globals()[f"ingest_{_source.name}"] = build_ingest_dag(_source.name, _source.sweep_cron)

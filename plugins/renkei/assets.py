@@ -5,12 +5,24 @@ Imported only by DAG files (it needs Airflow's task SDK); the rest of the packag
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetWatcher
 
 
 def staging(source: str) -> Asset:
     """The validated staging table of one source."""
     return Asset(name=f"renkei_staging_{source}", uri=f"renkei://warehouse/staging/{source}", group="renkei")
+
+
+def changes(source: str) -> Asset:
+    """A source's change channel, watched by our durable trigger (config/channels.yaml)."""
+    from renkei.events.trigger import watcher_trigger  # noqa: PLC0415 - only where DAGs are built
+
+    return Asset(
+        name=f"renkei_changes_{source}",
+        uri=f"renkei://changes/{source}",
+        group="renkei",
+        watchers=[AssetWatcher(name=f"renkei_changes_{source}_watcher", trigger=watcher_trigger(source))],
+    )
 
 
 MART_RESIDENTS = Asset(name="renkei_mart_residents", uri="renkei://warehouse/mart/residents", group="renkei")

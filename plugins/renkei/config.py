@@ -39,6 +39,7 @@ class Source:
     max_failure_rate: float
     min_failures_to_halt: int
     chunk_rows: int
+    sweep_cron: str
 
     @property
     def raw_columns(self) -> list[str]:
@@ -107,6 +108,7 @@ def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
             columns=dict(cols),
             max_failure_rate=float(spec.get("max_failure_rate", defaults.get("max_failure_rate", 0.05))),
             min_failures_to_halt=int(spec.get("min_failures_to_halt", defaults.get("min_failures_to_halt", 10))),
+            sweep_cron=str(spec.get("sweep_cron", defaults.get("sweep_cron", "*/5 * * * *"))),
             chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
         )
         if key not in src.extract_columns:

@@ -182,4 +182,5 @@ def build_report(warehouse_url: str, as_of: date, runs: list[dict], raw_paths: d
         "notices": notices_by,
         "dag_runs": [{k: r.get(k) for k in ("dag_id", "run_id", "state", "seconds")} for r in runs],
         "raw_sources": raw_paths,
+        "raw_dir": str(Path(next(iter(raw_paths.values()))).parent) if raw_paths else None,
     }

@@ -278,3 +278,13 @@ change_log = sa.Table(
     sa.Column("consumed_at", TS),  # NULL = not yet handed to Airflow
     sa.Index("ix_change_log_pending", "source", "consumed_at", "id"),
 )
+
+
+# Which outbox notices the relay has put on the notices stream (renkei.outputs.relay). The relay
+# records here and never writes to `notices`: the outbox stays the source of truth.
+outbox_published = sa.Table(
+    "outbox_published", metadata,
+    sa.Column("notice_id", sa.String(64), primary_key=True),
+    sa.Column("stream_id", sa.String(64), nullable=False),  # the Redis Stream entry id
+    sa.Column("published_at", TS, nullable=False),
+)

@@ -1,0 +1,41 @@
+"""relay_notices: publish new outbox notices to the notices stream (docs/EVENTS.md).
+
+Runs when proactive_services writes the outbox and every 5 minutes, so that notices left behind
+by a broker outage are caught up soon after Redis is back. At-least-once: consumers drop
+duplicates by notice_id. The task fails while Redis is unreachable (nothing is recorded then).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from renkei.assets import OUTBOX_NOTICES
+
+
+@dag(
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("*/5 * * * *", timezone="Asia/Tokyo"), assets=[OUTBOX_NOTICES]
+    ),
+    start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["renkei", "relay"],
+    doc_md=__doc__,
+)
+def relay_notices():
+    @task
+    def relay() -> dict:
+        from renkei.errors import RenkeiError
+        from renkei.outputs.relay import relay_notices as run_relay
+        from renkei.settings import Settings
+
+        counts = run_relay(Settings.from_env().warehouse_url)
+        if counts.get("errors"):
+            raise RenkeiError(counts["error"])
+        return counts
+
+    relay()
+
+
+relay_notices()

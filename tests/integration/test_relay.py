@@ -1,0 +1,310 @@
+"""The outbox relay, the notice reader and the `renkei emit` / `renkei notices` commands on a real Redis."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from conftest import need_service
+
+from renkei.cli import main
+from renkei.config import load_sources
+from renkei.events import ChangeEvent
+from renkei.keys.adapter import pseudonymize
+from renkei.outputs import Notice, NoticeReader
+from renkei.outputs.relay import relay_notices
+from renkei.outputs.stream import NoticeStreamConfig
+from renkei.settings import Settings
+from renkei.warehouse import engine, ensure_schema, notices, outbox_published
+
+pytestmark = pytest.mark.redis
+REDIS_URL = "redis://127.0.0.1:6379/0"
+CLOSED_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: a broker outage
+NOTICE_KEYS = {
+    "notice_id", "service", "kind", "erk", "rule_id", "rule_version", "subject", "dose_number",
+    "window_start", "window_end", "evaluated_on", "facts", "created_run_id", "created_at",
+}
+
+
+@pytest.fixture
+def prefix():
+    """A Redis key prefix of this test's own; every key under it is deleted afterwards."""
+    need_service("Redis", "127.0.0.1", 6379)
+    import redis
+
+    pfx = f"renkei:test:{uuid.uuid4().hex}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    yield pfx
+    for key in client.scan_iter(match=f"{pfx}*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def client(prefix):
+    import redis
+
+    c = redis.Redis.from_url(REDIS_URL)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def cfg(prefix) -> NoticeStreamConfig:
+    return NoticeStreamConfig(redis_url=REDIS_URL, stream=f"{prefix}notices")
+
+
+@pytest.fixture
+def warehouse(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    eng = engine(url)
+    ensure_schema(eng)
+    eng.dispose()
+    return url
+
+
+@pytest.fixture
+def config_dir(tmp_path, prefix, monkeypatch) -> Path:
+    """The repo's config with this test's stream keys, as RENKEI_CONFIG_DIR."""
+    cdir = tmp_path / "config"
+    shutil.copytree(Settings.from_env().config_dir, cdir)
+    doc = yaml.safe_load((cdir / "channels.yaml").read_text(encoding="utf-8"))
+    doc["kind"] = "redis_stream"
+    doc["redis_stream"]["stream_prefix"] = f"{prefix}changes:"
+    doc["notices"]["stream"] = f"{prefix}notices"
+    (cdir / "channels.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("RENKEI_CONFIG_DIR", str(cdir))
+    for name in ("RENKEI_CHANNEL_KIND", "RENKEI_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return cdir
+
+
+def _add_notices(url: str, n: int, start: int = 0, created_at: str = "2025-05-01T06:00:00+09:00") -> list[str]:
+    """n outbox rows written as run_services would; returns their ids."""
+    rows = []
+    for i in range(start, start + n):
+        rows.append({
+            "notice_id": f"{i:032x}", "service": "immunization", "kind": "due", "erk": f"v1.erk{i:04d}",
+            "rule_id": "HIB#1", "rule_version": 1, "subject": "HIB", "dose_number": 1,
+            "window_start": date(2025, 5, 1), "window_end": date(2025, 5, 1) + timedelta(days=30 + i),
+            "evaluated_on": date(2025, 5, 1),
+            "facts": json.dumps({"age_months": 2, "doses_counted": [], "evaluated_on": "2025-05-01"}),
+            "created_run_id": "proactive_services/scheduled__2025-05-01", "created_at": created_at,
+        })
+    eng = engine(url)
+    with eng.begin() as conn:
+        conn.execute(notices.insert(), rows)
+    eng.dispose()
+    return [r["notice_id"] for r in rows]
+
+
+def _stream_ids(client, key: str) -> list[str]:
+    return [json.loads(fields[b"data"])["notice_id"] for _, fields in client.xrange(key)]
+
+
+def _table(url: str, table: sa.Table) -> list[tuple]:
+    eng = engine(url)
+    with eng.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.select(table).order_by(*table.primary_key.columns))]
+    eng.dispose()
+    return rows
+
+
+# -- the relay -----------------------------------------------------------------------------------
+
+
+def test_each_notice_is_published_exactly_once_across_runs(warehouse, cfg, client):
+    later = _add_notices(warehouse, 3, start=0, created_at="2025-05-02T06:00:00+09:00")
+    earlier = _add_notices(warehouse, 2, start=10, created_at="2025-05-01T06:00:00+09:00")
+    outbox_before = _table(warehouse, notices)
+
+    first = relay_notices(warehouse, cfg, batch=2)  # three batches
+    assert first == {"stream": cfg.stream, "published": 5, "pending": 0, "errors": 0}
+    assert _stream_ids(client, cfg.stream) == earlier + later  # created order
+
+    assert relay_notices(warehouse, cfg)["published"] == 0
+    newest = _add_notices(warehouse, 2, start=20, created_at="2025-05-03T06:00:00+09:00")
+    assert relay_notices(warehouse, cfg)["published"] == 2
+    assert _stream_ids(client, cfg.stream) == earlier + later + newest
+
+    recorded = _table(warehouse, outbox_published)
+    stream_ids = [msg_id.decode() for msg_id, _ in client.xrange(cfg.stream)]
+    assert sorted(r[1] for r in recorded) == sorted(stream_ids)
+    assert _table(warehouse, notices)[: len(outbox_before)] == outbox_before  # the outbox is only read
+
+
+def test_message_is_the_outbox_row_as_json(warehouse, cfg, client):
+    _add_notices(warehouse, 1)
+    relay_notices(warehouse, cfg)
+    [(msg_id, fields)] = client.xrange(cfg.stream)
+    assert set(fields) == {b"data"}
+    doc = json.loads(fields[b"data"])
+    assert set(doc) == NOTICE_KEYS
+    assert doc["facts"] == {"age_months": 2, "doses_counted": [], "evaluated_on": "2025-05-01"}
+    assert doc["window_end"] == "2025-05-31" and doc["rule_version"] == 1
+    notice = Notice.from_json(fields[b"data"], msg_id.decode())
+    assert notice.window_end == date(2025, 5, 31) and notice.message_id == msg_id.decode()
+    assert json.loads(notice.to_json()) == doc
+
+
+def test_facts_stay_off_the_stream_when_configured(warehouse, cfg, client):
+    _add_notices(warehouse, 1)
+    relay_notices(warehouse, NoticeStreamConfig(redis_url=cfg.redis_url, stream=cfg.stream, include_facts=False))
+    [(_, fields)] = client.xrange(cfg.stream)
+    assert json.loads(fields[b"data"])["facts"] == {}
+
+
+def test_outage_publishes_and_records_nothing_then_catches_up_without_duplicates(warehouse, cfg, client):
+    ids = _add_notices(warehouse, 3)
+    down = NoticeStreamConfig(redis_url=CLOSED_URL, stream=cfg.stream)
+
+    counts = relay_notices(warehouse, down, batch=2)
+    assert (counts["published"], counts["pending"], counts["errors"]) == (0, 3, 1)
+    assert "Redis unreachable at redis://127.0.0.1:1/0" in counts["error"] and "next relay run" in counts["error"]
+    assert _table(warehouse, outbox_published) == []
+    assert client.exists(cfg.stream) == 0
+
+    assert relay_notices(warehouse, cfg, batch=2) == {"stream": cfg.stream, "published": 3, "pending": 0, "errors": 0}
+    assert relay_notices(warehouse, cfg)["published"] == 0
+    assert _stream_ids(client, cfg.stream) == ids
+
+
+def test_changelog_kind_has_no_broker_and_records_nothing(warehouse):
+    _add_notices(warehouse, 2)
+    assert relay_notices(warehouse, NoticeStreamConfig(kind="changelog_table")) == {"skipped": "no broker configured"}
+    assert _table(warehouse, outbox_published) == []
+
+
+# -- the reader ----------------------------------------------------------------------------------
+
+
+def test_reader_reads_acks_and_rereads_its_pending_after_a_crash(warehouse, cfg, client):
+    ids = _add_notices(warehouse, 3)
+    relay_notices(warehouse, cfg)
+
+    first = NoticeReader(REDIS_URL, cfg.stream, "delivery", "worker-1")
+    got = first.read(count=10)
+    assert [n.notice_id for n in got] == ids and all(n.message_id for n in got)
+    assert first.ack(got[:1]) == 1
+    first.close()  # the worker dies with two notices read but not acknowledged
+
+    # Another consumer of the group does not get them: they are pending on worker-1.
+    with NoticeReader(REDIS_URL, cfg.stream, "delivery", "worker-2") as other:
+        assert other.read(count=10) == []
+
+    with NoticeReader(REDIS_URL, cfg.stream, "delivery", "worker-1") as again:
+        pending = again.read(count=10)
+        assert [n.notice_id for n in pending] == ids[1:]
+        assert [n.message_id for n in pending] == [n.message_id for n in got[1:]]  # the same entries
+        assert again.ack(pending) == 2
+        assert again.read(count=10) == []
+        newer = _add_notices(warehouse, 1, start=50)
+        relay_notices(warehouse, cfg)
+        assert [n.notice_id for n in again.read(count=10, block_ms=100)] == newer
+    assert client.xpending(cfg.stream, "delivery")["pending"] == 1  # the newest, not acknowledged
+
+
+def test_reader_drops_a_malformed_entry_and_reads_on(warehouse, cfg, client, caplog):
+    client.xadd(cfg.stream, {"data": b'{"notice_id": "x"}'})
+    ids = _add_notices(warehouse, 1)
+    relay_notices(warehouse, cfg)
+    with caplog.at_level(logging.ERROR, logger="renkei.outputs.reader"), \
+            NoticeReader(REDIS_URL, cfg.stream, "delivery", "worker-1") as reader:
+        assert [n.notice_id for n in reader.read(count=1)] == ids
+    assert "missing" in caplog.text
+    assert client.xpending(cfg.stream, "delivery")["pending"] == 1  # only the good one awaits its ack
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+REGISTRY_ROWS = [
+    {"resident_code": "12345678901", "name_kana": "ヤマダ タロウ", "name_kanji": "山田太郎", "birth_date": "2024-04-10",
+     "sex": "1", "ward_code": "401030", "address": "北九州市戸畑区中本町1番1号", "household_code": "H0001",
+     "status": "active", "status_date": "2024-04-10", "updated_at": "2025-05-01T09:00:00+09:00"},
+    {"resident_code": "12345678902", "name_kana": "ヤマダ ハナコ", "name_kanji": "山田花子", "birth_date": "1990-01-02",
+     "sex": "2", "ward_code": "401030", "address": "北九州市戸畑区中本町1番1号", "household_code": "H0001",
+     "status": "active", "status_date": "2020-01-01", "updated_at": "2025-05-02T10:30:00+09:00"},
+]
+
+
+def test_emit_publishes_a_well_formed_event_for_an_extract(config_dir, tmp_path, prefix, client, ring, capsys):
+    registry = load_sources()["registry"]
+    raw = tmp_path / "registry.csv"
+    with open(raw, "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=registry.raw_columns)
+        w.writeheader()
+        w.writerows(REGISTRY_ROWS)
+    extracts = f"sqlite:///{tmp_path / 'extracts.db'}"
+    pseudonymize(registry, str(raw), extracts, ring)
+    capsys.readouterr()
+
+    assert main(["emit", "--source", "registry", "--extracts", extracts]) == 0
+    out = capsys.readouterr().out
+    event = ChangeEvent.from_json(out.strip())
+    assert (event.source, event.watermark, event.row_count) == ("registry", "2025-05-02T10:30:00+09:00", 2)
+    [(_, fields)] = client.xrange(f"{prefix}changes:registry")
+    assert ChangeEvent.from_json(fields[b"data"]) == event
+    for row in REGISTRY_ROWS:  # nothing of a record travels
+        assert row["resident_code"] not in out and row["name_kana"] not in out
+
+
+def test_emit_names_a_missing_extract_and_an_unknown_source(config_dir, tmp_path, capsys):
+    extracts = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["emit", "--source", "registry", "--extracts", extracts]) == 2
+    assert "no table extract_registry" in capsys.readouterr().err
+    assert main(["emit", "--source", "nope", "--extracts", extracts]) == 2
+    assert "unknown source 'nope'" in capsys.readouterr().err
+
+
+def test_notices_tail_prints_json_lines_and_acks(config_dir, warehouse, cfg, client, capsys):
+    ids = _add_notices(warehouse, 3)
+    assert main(["notices", "relay", "--warehouse", warehouse]) == 0
+    assert json.loads(capsys.readouterr().out) == {"stream": cfg.stream, "published": 3, "pending": 0, "errors": 0}
+
+    # A new group starts at the stream's end unless told to read from the start.
+    assert main(["notices", "tail", "--group", "ops"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["notices", "tail", "--group", "ops", "--from-start", "--count", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["notice_id"] for line in lines] == ids[:2]
+    assert all(set(json.loads(line)) == NOTICE_KEYS for line in lines)
+
+    assert main(["notices", "tail", "--group", "ops"]) == 0  # printed ones were acked: only the third
+    assert [json.loads(line)["notice_id"] for line in capsys.readouterr().out.splitlines()] == ids[2:]
+    assert client.xpending(cfg.stream, "ops")["pending"] == 0
+
+
+def test_notices_relay_reports_an_outage_with_exit_code_1(config_dir, warehouse, monkeypatch, capsys):
+    _add_notices(warehouse, 2)
+    monkeypatch.setenv("RENKEI_REDIS_URL", CLOSED_URL)
+    assert main(["notices", "relay", "--warehouse", warehouse]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["pending"] == 2
+    assert "Redis unreachable" in captured.err
+    assert _table(warehouse, outbox_published) == []
+
+
+def test_notices_config_is_read_from_channels_yaml(config_dir, prefix, monkeypatch, capsys):
+    from renkei.errors import ConfigError
+    from renkei.outputs.stream import load_notice_stream
+
+    cfg = load_notice_stream()
+    assert (cfg.stream, cfg.maxlen, cfg.include_facts, cfg.has_broker) == (f"{prefix}notices", 0, True, True)
+    monkeypatch.setenv("RENKEI_CHANNEL_KIND", "changelog_table")
+    assert load_notice_stream().has_broker is False
+    assert main(["notices", "tail"]) == 2
+    assert "changelog_table" in capsys.readouterr().err
+
+    doc = yaml.safe_load((config_dir / "channels.yaml").read_text(encoding="utf-8"))
+    doc["notices"]["maxlen"] = "lots"
+    (config_dir / "channels.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    with pytest.raises(ConfigError, match="notices.maxlen must be a int"):
+        load_notice_stream()
