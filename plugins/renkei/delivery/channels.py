@@ -88,7 +88,7 @@ class SmtpEmail:
         # A stable Message-ID per notice lets mail clients fold a resend after a crash into one.
         msg["Message-ID"] = f"<{message.notice_id}@{domain}>"
         msg["X-Renkei-Notice"] = message.notice_id
-        msg.set_content(message.body, charset="utf-8")
+        msg.set_content(message.body, charset="utf-8", cte="base64")
         return msg
 
     def send(self, message: Outgoing) -> None:
