@@ -58,6 +58,14 @@ def _pseudonymize(args: argparse.Namespace) -> int:
     res = pseudonymize(sources[args.source], args.from_, args.to, KeyRing.load(args.keyring),
                        progress=lambda m: print(f"pseudonymize {m}"))
     print(json.dumps(res.__dict__))
+    if args.emit:
+        from renkei.commands.emit import _emit
+
+        try:
+            _emit(argparse.Namespace(source=args.source, extracts=args.to))
+        except RenkeiError as exc:
+            # The extract is written; the scheduled sweep will find it even without the event.
+            print(f"renkei: warning: change event not sent: {exc}", file=sys.stderr)
     return 0
 
 
@@ -96,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--from", dest="from_", required=True, help="a CSV path or a SQLAlchemy URL of the raw table")
     ps.add_argument("--to", required=True, help="SQLAlchemy URL of the extract database")
     ps.add_argument("--keyring", help="keyring path (default: $RENKEI_KEYRING)")
+    ps.add_argument("--no-emit", dest="emit", action="store_false",
+                    help="do not publish a change event after writing the extract")
     ps.set_defaults(func=_pseudonymize)
 
     rn = sub.add_parser("run", help="pseudonymize a raw folder and run the DAG chain for a date")

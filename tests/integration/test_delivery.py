@@ -147,8 +147,12 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 @pytest.fixture
 def world(tmp_path, smtp):
+    return _build_world(tmp_path, smtp[0].port, f"sqlite:///{tmp_path / 'warehouse.db'}",
+                        f"sqlite:///{tmp_path / 'delivery.db'}")
+
+
+def _build_world(tmp_path: Path, smtp_port: int, wh_url: str, dl_url: str) -> dict:
     """Raw drop, keyring, warehouse with notices/subscriptions/events, settings and config."""
-    ctl, _ = smtp
     raw = tmp_path / "raw"
     raw.mkdir()
     _write_csv(raw / "registry.csv", list(load_sources()["registry"].columns), [
@@ -158,7 +162,6 @@ def world(tmp_path, smtp):
         [CODES[w], ch, addr, verified, "2025-01-01T00:00:00+09:00"] for w, ch, addr, verified in CONTACTS])
     ring = KeyRing.generate()
     ring.save(tmp_path / "keyring.json")
-    wh_url = f"sqlite:///{tmp_path / 'warehouse.db'}"
     eng = engine(wh_url)
     ensure_schema(eng)
     subs, events = staging_table(load_sources()["subscriptions"]), staging_table(load_sources()["events"])
@@ -170,8 +173,8 @@ def world(tmp_path, smtp):
             for sid, w, topic, on, off in SUBSCRIPTIONS])
         conn.execute(events.insert(), [EVENT | {"updated_at": "2025-05-01T00:00:00+09:00", "row_hash": "e", "loaded_run_id": "t"}])
     eng.dispose()
-    settings = DeliverySettings(wh_url, f"sqlite:///{tmp_path / 'delivery.db'}", raw, tmp_path / "keyring.json")
-    cfg = load_delivery_config(env={"RENKEI_SMTP_HOST": "127.0.0.1", "RENKEI_SMTP_PORT": str(ctl.port)})
+    settings = DeliverySettings(wh_url, dl_url, raw, tmp_path / "keyring.json")
+    cfg = load_delivery_config(env={"RENKEI_SMTP_HOST": "127.0.0.1", "RENKEI_SMTP_PORT": str(smtp_port)})
     cfg = dataclasses.replace(cfg, rate_per_second=1000.0)
     return {"settings": settings, "config": cfg, "ring": ring, "work": tmp_path}
 
@@ -276,6 +279,24 @@ def test_sent_receipt_is_unique_per_notice(world, smtp):
     with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:
         conn.execute(receipts.delivery_receipts.insert().values(
             notice_id="child_hepb", attempt=99, status="sent", reason=None, channel="email", at="2025-06-02T10:00:00+09:00"))
+    eng.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_notice_is_sent_once(tmp_path, smtp, pg_factory):
+    server, inbox = smtp
+    world = _build_world(tmp_path, server.port, pg_factory(), pg_factory())
+    server.stop()
+    assert _run(world, MORNING).counts()["failed"] == 1
+    server.start()
+    assert _run(world, MORNING.replace(hour=11)).counts()["sent"] == 3
+    assert _run(world, MORNING.replace(hour=12)).counts()["considered"] == 0
+    assert len(inbox.messages) == 3
+    assert _receipts(world)["child_hepb"] == [("failed", "ConnectionRefusedError", "email"), ("sent", None, "email")]
+    eng = engine(world["settings"].delivery_url)
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:
+        conn.execute(receipts.delivery_receipts.insert().values(
+            notice_id="child_hepb", attempt=99, status="sent", reason=None, channel="email", at="2025-06-02T12:00:00+09:00"))
     eng.dispose()
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 
 from renkei.delivery.config import DeliveryConfig
 from renkei.errors import ConfigError
-from renkei.sources.values import parse_timestamp
+from renkei.sources.values import JST, parse_timestamp
 
 
 def facts_of(notice: Mapping[str, Any]) -> dict:
@@ -65,10 +65,11 @@ def template_context(
         ctx.update(fiscal_year=fields["fiscal_year"])
     elif service == "event":
         facts = facts_of(notice)
-        starts = facts.get("starts_at")
+        starts = parse_timestamp(facts["starts_at"]) if facts.get("starts_at") else None
         ctx.update(event_id=fields["event_id"], event_title=event_titles.get(fields["event_id"]),
                    venue=facts.get("venue") or "", topic=facts.get("topic"),
-                   starts_at=parse_timestamp(starts) if starts else datetime.combine(ctx["window_end"], datetime.min.time()))
+                   # Messages show Japan time whatever offset the calendar stored.
+                   starts_at=starts.astimezone(JST) if starts else datetime.combine(ctx["window_end"], time(), JST))
     return ctx
 
 

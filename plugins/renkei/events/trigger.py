@@ -122,7 +122,10 @@ class ChangeStreamTrigger(BaseEventTrigger):
         key = self.stream_key
         backoff = 1.0
         while True:
-            client = aioredis.Redis.from_url(self.redis_url)
+            # The socket must outlive a blocking XREADGROUP, or every idle block reads as a timeout.
+            client = aioredis.Redis.from_url(
+                self.redis_url, socket_timeout=self.block_ms / 1000 + 10, socket_connect_timeout=5
+            )
             try:
                 await self._ensure_group(client, key)
                 # Pending first: entries delivered to this consumer before a crash, never acked.
