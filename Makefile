@@ -29,6 +29,8 @@ demo: $(STAMP)
 	$(BIN)/renkei keys init --path $(DEMO)/keyring.json
 	$(BIN)/renkei synth --residents $(RESIDENTS) --seed $(SEED) --as-of $(AS_OF) --out $(DEMO)/raw
 	RENKEI_KEYRING=$(DEMO)/keyring.json $(BIN)/renkei run --raw $(DEMO)/raw --as-of $(AS_OF) --work $(DEMO)
+	RENKEI_KEYRING=$(DEMO)/keyring.json $(BIN)/renkei deliver --work $(DEMO) --dry-run \
+	  --out $(DEMO)/messages.jsonl --now $(AS_OF)T10:00:00+09:00
 
 up: $(STAMP)
 	@test -f $(DEMO)/warehouse.db || $(MAKE) demo

@@ -48,6 +48,7 @@ def airflow_env(work: Path, warehouse_url: str, extracts_url: str, keyring: Path
         "AIRFLOW__API__EXPOSE_CONFIG": "False",
         "RENKEI_WAREHOUSE_URL": warehouse_url,
         "RENKEI_EXTRACTS_URL": extracts_url,
+        "RENKEI_HOME": str(work),
         ENV_PATH: str(keyring),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
     })

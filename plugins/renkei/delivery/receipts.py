@@ -52,7 +52,10 @@ class NoticeState:
 
 
 def default_url(work: Path) -> str:
-    return f"sqlite:///{Path(work).resolve() / 'delivery.db'}"
+    """The embedded delivery database under ``work`` (the folder is created if missing)."""
+    folder = Path(work).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'delivery.db'}"
 
 
 def ensure_receipts(eng: sa.Engine) -> None:
