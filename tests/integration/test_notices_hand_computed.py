@@ -157,6 +157,9 @@ EXPECTED = {
     # reach(36) = 2027-02-28.
     ("U", "MR", 1, "due", "2025-02-28", "2026-02-28"),
     ("U", "VAR", 1, "due", "2025-02-28", "2027-02-28"),
+    # U's Hib (started at 2 m: 3 + 1): the 追加 needs 7か月以上 after the 3rd dose, anniv(2024-06-29, 7)
+    # = 2025-01-29; the one on 2025-01-10 is too soon → HIB#4 again, to reach(60) = 2029-03-01 − 1.
+    ("U", "HIB", 4, "due", "2025-01-29", "2029-02-28"),
     # V born 2024-07-01: HEPB d2 from d1 + 28 = 2024-09-29; end reach(12) = 2025-06-30;
     # 06-30 − 30 = 05-31 ≤ D → last_chance.
     ("V", "HEPB", 2, "last_chance", "2024-09-29", "2025-06-30"),

@@ -42,10 +42,13 @@ def test_newborn_before_any_window_opens() -> None:
 
 
 def test_worked_example_child_on_the_last_day_of_pcv() -> None:
-    # b 2018-04-01, PCV 1-3 given; 4種 (DPT_IPV/HIB) history → no 5種 notice.
+    # b 2018-04-01, PCV 1-3 given; complete 4種 + Hib history → no 5種 notice.
     b = D(2018, 4, 1)
     doses = [
-        ("DPT_IPV", 1, D(2018, 6, 1)), ("HIB", 1, D(2018, 6, 1)),
+        ("DPT_IPV", 1, D(2018, 6, 1)), ("DPT_IPV", 2, D(2018, 6, 22)),  # + 21
+        ("DPT_IPV", 3, D(2018, 7, 13)), ("DPT_IPV", 4, D(2019, 1, 13)),  # + 21; anniv(7/13, 6)
+        ("HIB", 1, D(2018, 6, 1)), ("HIB", 2, D(2018, 6, 29)),  # + 28
+        ("HIB", 3, D(2018, 7, 27)), ("HIB", 4, D(2019, 2, 27)),  # + 28; anniv(7/27, 7)
         ("PCV", 1, D(2018, 6, 1)),  # ≥ reach(2) = 5/31
         ("PCV", 2, D(2018, 7, 2)),  # ≥ 6/1 + 28 = 6/29
         ("PCV", 3, D(2018, 8, 6)),  # ≥ 7/2 + 28 = 7/30
@@ -149,13 +152,17 @@ def test_rota_product_fixed_by_dose_1_with_the_other_first_doses() -> None:
     ]
 
 
-def test_four_in_one_history_means_no_five_in_one_notice() -> None:
+def test_four_in_one_history_continues_on_its_own_series_not_five_in_one() -> None:
     b = D(2023, 6, 10)
     doses = [("DPT_IPV", 1, D(2023, 8, 10)), ("HIB", 1, D(2023, 8, 10))]
     # reach(2) = anniv 8/10 − 1 = 8/9. ROTA: b+42 = 7/22, b+104 = 9/22 (20 + 31 + 31 + 22);
     # lc from 9/22 − 30 = 8/23, so on 9/15 it is last_chance. BCG from reach(5) = 11/9.
+    # DPT_IPV#2 from 8/10 + 21 = 8/31 to reach(90): 5 + 90 = 95 → 2030-12-10 − 1. HIB started
+    # by reach(7) (3 + 1): HIB#2 from 8/10 + 28 = 9/7 (21 + 7) to until reach(12) = 2024-06-09.
     assert notices(b, D(2023, 9, 15), doses) == [
+        ("DPT_IPV", 2, "due", D(2023, 8, 31), D(2030, 12, 9)),
         ("HEPB", 1, "due", D(2023, 8, 9), D(2024, 6, 9)),
+        ("HIB", 2, "due", D(2023, 9, 7), D(2024, 6, 9)),
         ("PCV", 1, "due", D(2023, 8, 9), D(2028, 6, 9)),
         ("ROTA", 1, "last_chance", D(2023, 8, 9), D(2023, 9, 22)),
     ]
@@ -163,8 +170,8 @@ def test_four_in_one_history_means_no_five_in_one_notice() -> None:
 
 def test_a_hib_dose_alone_also_silences_five_in_one() -> None:
     b = D(2023, 6, 10)
-    assert notices(b, D(2023, 9, 15), [("HIB", 1, D(2023, 8, 10))], only="DPT") == []
-    assert notices(b, D(2023, 9, 15), [("DPT_IPV", 1, D(2023, 8, 10))], only="DPT") == []
+    assert notices(b, D(2023, 9, 15), [("HIB", 1, D(2023, 8, 10))], only="DPT_IPV_HIB") == []
+    assert notices(b, D(2023, 9, 15), [("DPT_IPV", 1, D(2023, 8, 10))], only="DPT_IPV_HIB") == []
     # without either, the 5種 dose 1 is due (reach(2) = 8/9, reach(90): 5 + 90 → 2030-12-10 − 1)
     assert notices(b, D(2023, 9, 15), only="DPT") == [("DPT_IPV_HIB", 1, "due", D(2023, 8, 9), D(2030, 12, 9))]
 
@@ -202,7 +209,10 @@ def test_mr_second_period_without_the_first() -> None:
 def test_var_second_dose_six_months_after_a_month_end_first() -> None:
     b = D(2022, 2, 28)
     doses = [
-        ("DPT_IPV", 1, D(2022, 4, 27)), ("HIB", 1, D(2022, 4, 27)),
+        ("DPT_IPV", 1, D(2022, 4, 27)), ("DPT_IPV", 2, D(2022, 5, 18)),  # + 21 (3 + 18)
+        ("DPT_IPV", 3, D(2022, 6, 8)), ("DPT_IPV", 4, D(2022, 12, 8)),  # + 21 (13 + 8); anniv 6
+        ("HIB", 1, D(2022, 4, 27)), ("HIB", 2, D(2022, 5, 25)),  # + 28 (3 + 25)
+        ("HIB", 3, D(2022, 6, 22)), ("HIB", 4, D(2023, 1, 22)),  # + 28 (6 + 22); anniv(6/22, 7)
         ("PCV", 1, D(2022, 4, 28)),  # reach(2) = anniv 4/28 − 1 = 4/27
         ("PCV", 2, D(2022, 5, 26)),  # 4/28 + 28
         ("PCV", 3, D(2022, 6, 23)),  # 5/26 + 28
@@ -218,7 +228,10 @@ def test_var_second_dose_six_months_after_a_month_end_first() -> None:
 def test_je_third_dose_waits_for_four_years() -> None:
     b = D(2020, 6, 15)
     doses = [
-        ("DPT_IPV", 1, D(2020, 8, 14)),
+        ("DPT_IPV", 1, D(2020, 8, 14)), ("DPT_IPV", 2, D(2020, 9, 4)),  # + 21 (17 + 4)
+        ("DPT_IPV", 3, D(2020, 9, 25)), ("DPT_IPV", 4, D(2021, 3, 25)),  # + 21; anniv(9/25, 6)
+        ("HIB", 1, D(2020, 8, 14)), ("HIB", 2, D(2020, 9, 11)),  # + 28 (17 + 11)
+        ("HIB", 3, D(2020, 10, 9)), ("HIB", 4, D(2021, 5, 9)),  # + 28 (19 + 9); anniv(10/9, 7)
         ("PCV", 1, D(2020, 8, 14)),  # reach(2) = anniv 8/15 − 1
         ("PCV", 2, D(2020, 9, 11)),  # 8/14 + 28 = 17 + 11
         ("PCV", 3, D(2020, 10, 9)),  # 9/11 + 28 = 19 + 9
@@ -253,7 +266,10 @@ def test_fully_vaccinated_toddler_has_nothing_until_var_2() -> None:
 def test_je_dose_before_six_months_does_not_count() -> None:
     b = D(2020, 5, 20)
     doses = [
-        ("DPT_IPV", 1, D(2020, 7, 19)), ("HIB", 1, D(2020, 7, 19)),
+        ("DPT_IPV", 1, D(2020, 7, 19)), ("DPT_IPV", 2, D(2020, 8, 9)),  # + 21 (12 + 9)
+        ("DPT_IPV", 3, D(2020, 8, 30)), ("DPT_IPV", 4, D(2021, 3, 1)),  # + 21; anniv 2021-02-30 → 3/1
+        ("HIB", 1, D(2020, 7, 19)), ("HIB", 2, D(2020, 8, 16)),  # + 28 (12 + 16)
+        ("HIB", 3, D(2020, 9, 13)), ("HIB", 4, D(2021, 4, 13)),  # + 28 (15 + 13); anniv(9/13, 7)
         ("PCV", 1, D(2020, 7, 19)),  # reach(2) = anniv 7/20 − 1
         ("PCV", 2, D(2020, 8, 16)),  # 7/19 + 28 = 12 + 16
         ("PCV", 3, D(2020, 9, 13)),  # 8/16 + 28 = 15 + 13
@@ -320,11 +336,14 @@ def test_rota_dose_1_before_six_weeks_does_not_fix_the_product() -> None:
 def test_single_late_pcv_dose_after_two_years_ends_pcv_notices() -> None:
     b = D(2020, 2, 29)
     doses = [
-        ("DPT_IPV", 1, D(2020, 5, 1)),
+        ("DPT_IPV", 1, D(2020, 5, 1)), ("DPT_IPV", 2, D(2020, 5, 22)),  # reach(2) = 4/28; + 21
+        ("DPT_IPV", 3, D(2020, 6, 12)), ("DPT_IPV", 4, D(2020, 12, 12)),  # + 21; anniv(6/12, 6)
+        ("HIB", 1, D(2020, 5, 1)), ("HIB", 2, D(2020, 5, 29)),  # + 28
+        ("HIB", 3, D(2020, 6, 26)), ("HIB", 4, D(2021, 1, 26)),  # + 28 (2 + 26); anniv(6/26, 7)
         ("PCV", 1, D(2022, 3, 15)),  # after reach(24) = 2022-02-28: a 24–60 m start (1 dose)
         ("JE", 1, D(2023, 3, 1)), ("JE", 2, D(2023, 3, 8)),  # + 7
     ]
-    # PCV#2 would end at reach(24): nothing. JE#3 from max(anniv(3/8, 6) = 9/8,
+    # Started after reach(24): the 1-dose branch, PCV is complete. JE#3 from max(anniv(3/8, 6) = 9/8,
     # reach(48) = anniv 2024-02-29 − 1 = 2/28) to reach(90): 1 + 90 = 91 → 2027-08-29, − 1.
     assert notices(b, D(2024, 2, 27), doses) == []
     assert notices(b, D(2024, 2, 28), doses) == [("JE", 3, "due", D(2024, 2, 28), D(2027, 8, 28))]
@@ -389,11 +408,13 @@ def test_pcv_first_dose_before_two_months_does_not_count() -> None:
     ]
 
 
-def test_pcv_start_after_seven_months_gets_no_third_dose_notice() -> None:
+def test_pcv_start_after_seven_months_takes_the_booster_as_dose_3() -> None:
     b = D(2023, 1, 10)
-    # reach(7) = anniv 8/10 − 1 = 8/9. Started 8/10 (after): no PCV#3 (conservative, 2 + 1).
+    # reach(7) = anniv 8/10 − 1 = 8/9. Started 8/10 (after): 2 + 1, so PCV#3 is the 追加, from
+    # max(9/7 + 61 = 11/7 (23 + 31 + 7), reach(12) = 2024-01-09) to reach(60) = 2028-01-09.
     late = [("PCV", 1, D(2023, 8, 10)), ("PCV", 2, D(2023, 9, 7))]  # 8/10 + 28 = 21 + 7
     assert notices(b, D(2023, 10, 10), late, only="PCV") == []
+    assert notices(b, D(2024, 1, 9), late, only="PCV") == [("PCV", 3, "due", D(2024, 1, 9), D(2028, 1, 9))]
     # Started on reach(7) itself: the 3 + 1 schedule. PCV#3 from 9/6 + 28 = 10/4 (24 + 4) to
     # reach(24) = anniv 2025-01-10 − 1.
     on_time = [("PCV", 1, D(2023, 8, 9)), ("PCV", 2, D(2023, 9, 6))]
@@ -472,7 +493,7 @@ def test_draft_carries_rule_period_and_json_facts() -> None:
     drafts = evaluate_child(b, "resident", doses, D(2024, 4, 11), RULES)
     pcv = next(x for x in drafts if x.vaccine_code == "PCV")
     assert pcv.service == "immunization"
-    assert (pcv.rule_id, pcv.rule_version, pcv.period_key) == ("imm.pcv", 1, "PCV#2")
+    assert (pcv.rule_id, pcv.rule_version, pcv.period_key) == ("imm.pcv", 2, "PCV#2")
     # age on 4/11: reach(2) = 3/14 ≤ 4/11 < reach(3) = 4/14 → 2 months
     assert pcv.facts == {
         "birth_date": "2024-01-15",
@@ -517,10 +538,13 @@ def test_notice_id_rejects_the_separator_in_a_part() -> None:
 # --- the rule file ------------------------------------------------------------------------
 
 
-def test_default_rules_cover_the_infant_series() -> None:
+def test_default_rules_cover_the_routine_series() -> None:
     assert RULES.last_chance_days == 30
     names = [s.name for s in RULES.series]
-    assert names == ["HEPB", "ROTA", "ROTA1", "ROTA5", "DPT_IPV_HIB", "PCV", "BCG", "MR1", "MR2", "VAR", "JE1"]
+    assert names == [
+        "HEPB", "ROTA", "ROTA1", "ROTA5", "DPT_IPV_HIB", "DPT_IPV", "HIB", "PCV", "BCG", "MR1", "MR2",
+        "VAR", "JE1", "JE2", "DT2", "HPV",
+    ]
     assert len({s.rule_id for s in RULES.series}) == len(names)
 
 

@@ -13,22 +13,31 @@ Readings of SERVICES.md made here (the rules themselves are data, config/service
   `due` — never both on one day.
 - ROTA: while no ROTA1/ROTA5 dose 1 counts, the next dose is "ROTA dose 1"; once it counts the
   product's own series (ROTA1 or ROTA5) takes over.
-- DPT_IPV_HIB: any DPT_IPV or HIB record silences the 5種 series (those children finish 4種+Hib).
-- PCV: only the standard 3 + 1. A child whose dose 1 came after reach(7) is not told about
-  dose 3 (and so not about dose 4 either); a child past reach(24) missing dose 2 or 3 gets no
-  PCV notice. Late-start catch-up schedules are a later issue.
-- MR: 1期 (dose 1) and 2期 (dose 2) are separate series with separate legal periods; 2期 is
-  offered in its 年長 year whether or not 1期 was given.
+- DPT_IPV_HIB: any DPT_IPV or HIB record silences the 5種 series; those children finish on
+  the DPT_IPV and HIB series, where a later 5種 dose counts too (the switch MHLW allows once 4種
+  ran out).
+- Branches (PCV, HIB): the doses after the common ones follow the branch of the first counted
+  dose's date — the first `started_by_months` M with dose 1 ≤ reach(b, M); dose numbers stay
+  as recorded (the 追加 of a 2 + 1 start is dose 3). Without a counted dose 1 only dose 1 is
+  asked for, the same notice in every branch.
+- PCV/HIB rescue rules of the 実施要領 (初回 not finished by 24 / 12 months → straight to the
+  追加) are not modelled: such a child gets no further notice from that series.
+- MR, JE, DT: 2期 (MR dose 2, JE dose 4, DT dose 1) are separate series with their own legal
+  periods, offered whether or not 1期 was given or complete.
+- HPV (girls only: a series with `sex` needs the child's sex; unknown sex → no notice).
+  Records carry no product, so dose 3 is not asked for when the history fits the 9価 2-dose
+  schedule (dose 1 before the 15th birthday, dose 2 ≥ 5 months later).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from renkei.services.dates import age_months
+from renkei.services.dates import age_months, reach
 from renkei.services.rules import DoseRule, ImmunizationRules, SeriesRule, load_immunization_rules
 
 __all__ = [
@@ -83,9 +92,17 @@ def notice_id(rule_id: str, subject_key: str, period_key: str, kind: str) -> str
 
 
 def evaluate_child(
-    birth_date: date, status: str, doses: list[Dose], on: date, rules: ImmunizationRules
+    birth_date: date,
+    status: str,
+    doses: list[Dose],
+    on: date,
+    rules: ImmunizationRules,
+    sex: int | None = None,
 ) -> list[NoticeDraft]:
-    """The immunization notices open for one child on date `on` (see the module docstring)."""
+    """The immunization notices open for one child on date `on` (see the module docstring).
+
+    `sex` is the registry code (1 male, 2 female); series restricted by sex skip None.
+    """
     if status != RESIDENT or on < birth_date:
         return []
     recorded: dict[tuple[str, int], list[date]] = {}
@@ -99,7 +116,11 @@ def evaluate_child(
     for series in rules.series:
         if series.requires_dose_1 and (series.vaccine_code, 1) not in recorded:
             continue
+        if series.sex is not None and series.sex != sex:
+            continue
         if not series.not_if_any_dose_of.isdisjoint(codes_given):
+            continue
+        if series.only_if_any_dose_of and series.only_if_any_dose_of.isdisjoint(codes_given):
             continue
         # age ≥ M + 1 means on ≥ reach(b, M + 1) > reach(b, M); age < M means on < reach(b, M).
         if series.legal_end_months is not None and age > series.legal_end_months:
@@ -129,7 +150,7 @@ def _next_dose(
     counted: dict[int, date] = {}
     picked: list[tuple[str, int, date]] = []
     prev: date | None = None
-    for dose in series.doses:
+    for dose in _schedule(series, birth_date, counted):
         floor = legal_start
         if dose.valid_from is not None:
             floor = max(floor, dose.valid_from(birth_date, counted, prev))
@@ -144,6 +165,17 @@ def _next_dose(
         picked.append((best_code, dose.number, best_on))
         prev = best_on
     return None
+
+
+def _schedule(series: SeriesRule, birth_date: date, counted: dict[int, date]) -> Iterator[DoseRule]:
+    """The series' doses in order. Lazy: the branch is chosen from `counted` (filled by the
+    caller) only once every common dose counted, i.e. when dose 1's date is known."""
+    yield from series.doses
+    first = counted[series.doses[0].number]
+    for branch in series.branches:
+        if first <= reach(birth_date, branch.started_by_months):
+            yield from branch.doses
+            return
 
 
 def _open_notice(
@@ -162,9 +194,8 @@ def _open_notice(
     if dose.notify_from is None:  # the implicit dose 1 of a product series: notified elsewhere
         return None
     prev = picked[-1][2] if picked else None
-    if dose.skip_if_dose is not None and dose.skip_if_after is not None:
-        if counted[dose.skip_if_dose] > dose.skip_if_after(birth_date, counted, prev):
-            return None
+    if dose.skip_if and all(t.holds(counted[t.dose], t.when(birth_date, counted, prev)) for t in dose.skip_if):
+        return None
     window_end = legal_end
     if dose.until is not None:
         window_end = min(window_end, dose.until(birth_date, counted, prev))

@@ -15,6 +15,7 @@ from renkei.errors import ConfigError
 from renkei.services.dates import (
     after_days,
     anniv,
+    fiscal_year,
     fiscal_year_end,
     fiscal_year_start,
     reach,
@@ -27,14 +28,30 @@ from renkei.settings import Settings
 DateFn = Callable[[date, Mapping[int, date], "date | None"], date]
 
 _SERIES_KEYS = {
-    "rule_id", "version", "vaccine_code", "counts", "not_if_any_dose_of", "requires_dose_1",
-    "legal_start", "legal_end", "doses",
+    "rule_id", "version", "vaccine_code", "counts", "not_if_any_dose_of", "only_if_any_dose_of",
+    "requires_dose_1", "sex", "legal_start", "legal_end", "doses", "branches",
 }
 _SERIES_REQUIRED = ("rule_id", "version", "vaccine_code", "legal_start", "legal_end", "doses")
 _DOSE_KEYS = {"notify_from", "valid_from", "until", "skip_if"}
 _TOP_KEYS = {"last_chance_days", "series"}
-_DOSE_TERMS = ("prev_plus_days", "anniv_prev_months", "dose_plus_days")
+_DOSE_TERMS = ("prev_plus_days", "anniv_prev_months", "dose_plus_days", "dose_anniv_months")
+_SKIP_TESTS = ("after", "before", "on_or_after")
+_SEXES = (1, 2)  # the registry's codes: 1 male, 2 female
 _EXAMPLE = "e.g. {reach_months: 12}"
+
+
+@dataclass(frozen=True)
+class SkipTest:
+    """One condition of a dose's skip_if: counted dose `dose` compared (`test`) with a day."""
+
+    dose: int
+    test: str  # "after" | "before" | "on_or_after"
+    when: DateFn
+
+    def holds(self, given_on: date, day: date) -> bool:
+        if self.test == "after":
+            return given_on > day
+        return given_on < day if self.test == "before" else given_on >= day
 
 
 @dataclass(frozen=True)
@@ -45,8 +62,15 @@ class DoseRule:
     notify_from: DateFn | None  # None only for the implicit dose 1 of a requires_dose_1 series
     valid_from: DateFn | None = None
     until: DateFn | None = None
-    skip_if_dose: int | None = None
-    skip_if_after: DateFn | None = None
+    skip_if: tuple[SkipTest, ...] = ()  # no notice for this dose when all of them hold
+
+
+@dataclass(frozen=True)
+class Branch:
+    """The doses after a series' common ones, for a first dose on or before reach(b, M)."""
+
+    started_by_months: int
+    doses: tuple[DoseRule, ...]
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,9 @@ class SeriesRule:
     # a series out by the child's age in months before doing any date arithmetic.
     legal_start_months: int | None = None
     legal_end_months: int | None = None
+    only_if_any_dose_of: frozenset[str] = frozenset()
+    sex: int | None = None  # None: every child; else only children of this registry sex code
+    branches: tuple[Branch, ...] = ()  # by started_by_months, ascending
 
 
 @dataclass(frozen=True)
@@ -192,9 +219,7 @@ class _Parser:
         doses_raw = self.mapping(spec["doses"], f"{at}.doses")
         if not doses_raw:
             raise self.fail(f"{at}.doses", "no doses defined", "list each dose number with its notify_from")
-        numbers = [self.integer(n, f"{at}.doses.{n}", minimum=1) for n in doses_raw]
-        if numbers != sorted(set(numbers)):
-            raise self.fail(f"{at}.doses", "dose numbers are not in increasing order", "reorder them")
+        numbers = self.dose_numbers(doses_raw, f"{at}.doses", after=0)
         if requires_dose_1 and numbers[0] == 1:
             raise self.fail(
                 f"{at}.doses.1",
@@ -209,6 +234,11 @@ class _Parser:
             earlier.append(n)
         counts = self.codes(spec, "counts", at) if "counts" in spec else (vaccine_code,)
         excluded = self.codes(spec, "not_if_any_dose_of", at) if "not_if_any_dose_of" in spec else ()
+        required = self.codes(spec, "only_if_any_dose_of", at) if "only_if_any_dose_of" in spec else ()
+        sex = spec.get("sex")
+        if sex is not None and (isinstance(sex, bool) or sex not in _SEXES):
+            raise self.fail(f"{at}.sex", f"expected 1 or 2, got {_kind(sex)}", "write 1 (male) or 2 (female)")
+        branches = self.branches(spec["branches"], f"{at}.branches", tuple(earlier)) if "branches" in spec else ()
         return SeriesRule(
             name=name,
             rule_id=self.text(spec["rule_id"], f"{at}.rule_id"),
@@ -222,17 +252,41 @@ class _Parser:
             doses=tuple(doses),
             legal_start_months=_reach_months_only(spec["legal_start"]),
             legal_end_months=_reach_months_only(spec["legal_end"]),
+            only_if_any_dose_of=frozenset(required),
+            sex=sex,
+            branches=branches,
         )
+
+    def dose_numbers(self, doses_raw: dict, at: str, after: int) -> list[int]:
+        numbers = [self.integer(n, f"{at}.{n}", minimum=after + 1) for n in doses_raw]
+        if numbers != sorted(set(numbers)):
+            raise self.fail(at, "dose numbers are not in increasing order", "reorder them")
+        return numbers
+
+    def branches(self, node: Any, at: str, common: tuple[int, ...]) -> tuple[Branch, ...]:
+        """`branches: {M: {n: dose, ...}}`: doses after the common ones, by age at the first dose."""
+        raw = self.mapping(node, at)
+        if not raw:
+            raise self.fail(at, "no branches defined", "list e.g. 7: {...} and 60: {} or remove `branches:`")
+        months = [self.integer(m, f"{at}.{m}", minimum=1) for m in raw]
+        if months != sorted(set(months)):
+            raise self.fail(at, "branch months are not in increasing order", "reorder them")
+        out: list[Branch] = []
+        for m in months:
+            where = f"{at}.{m}"
+            doses_raw = self.mapping(raw[m], where) if raw[m] is not None else {}
+            earlier = list(common)
+            doses: list[DoseRule] = []
+            for n in self.dose_numbers(doses_raw, where, after=max(common)):
+                doses.append(self.dose(n, doses_raw[n], f"{where}.{n}", tuple(earlier)))
+                earlier.append(n)
+            out.append(Branch(started_by_months=m, doses=tuple(doses)))
+        return tuple(out)
 
     def dose(self, n: int, node: Any, at: str, earlier: tuple[int, ...]) -> DoseRule:
         spec = self.mapping(node, at, _DOSE_KEYS)
         self.require(spec, ("notify_from",), at, _EXAMPLE)
-        skip_dose, skip_after = None, None
-        if "skip_if" in spec:
-            skip = self.mapping(spec["skip_if"], f"{at}.skip_if", {"dose", "after"})
-            self.require(skip, ("dose", "after"), f"{at}.skip_if", "e.g. {dose: 1, after: {reach_months: 7}}")
-            skip_dose = self.dose_ref(skip["dose"], f"{at}.skip_if.dose", earlier)
-            skip_after = self.expr(skip["after"], f"{at}.skip_if.after", earlier)
+        skip = self.skip_if(spec["skip_if"], f"{at}.skip_if", earlier) if "skip_if" in spec else ()
         optional = {
             key: self.expr(spec[key], f"{at}.{key}", earlier) for key in ("valid_from", "until") if key in spec
         }
@@ -241,9 +295,27 @@ class _Parser:
             notify_from=self.expr(spec["notify_from"], f"{at}.notify_from", earlier),
             valid_from=optional.get("valid_from"),
             until=optional.get("until"),
-            skip_if_dose=skip_dose,
-            skip_if_after=skip_after,
+            skip_if=skip,
         )
+
+    def skip_if(self, node: Any, at: str, earlier: tuple[int, ...]) -> tuple[SkipTest, ...]:
+        """One condition {dose: k, after|before|on_or_after: expr}, or a list of them (all must hold)."""
+        items = [(node, at)] if not isinstance(node, list) else [(c, f"{at}[{i}]") for i, c in enumerate(node)]
+        if not items:
+            raise self.fail(at, "empty list of conditions", "write e.g. {dose: 1, after: {reach_months: 7}}")
+        tests = []
+        for cond, where in items:
+            spec = self.mapping(cond, where, {"dose", *_SKIP_TESTS})
+            self.require(spec, ("dose",), where, "e.g. {dose: 1, after: {reach_months: 7}}")
+            named = [t for t in _SKIP_TESTS if t in spec]
+            if len(named) != 1:
+                raise self.fail(
+                    where, "needs exactly one of after, before, on_or_after", "write e.g. after: {reach_months: 7}"
+                )
+            (test,) = named
+            dose = self.dose_ref(spec["dose"], f"{where}.dose", earlier)
+            tests.append(SkipTest(dose=dose, test=test, when=self.expr(spec[test], f"{where}.{test}", earlier)))
+        return tuple(tests)
 
     def dose_ref(self, node: Any, at: str, earlier: tuple[int, ...]) -> int:
         k = self.integer(node, at, minimum=1)
@@ -277,17 +349,20 @@ class _Parser:
                 "refers to an earlier dose, but this is the series' first dose",
                 "use a term of the birth date, e.g. {reach_months: 2}",
             )
-        if term == "dose_plus_days":
+        if term in ("dose_plus_days", "dose_anniv_months"):
+            unit = "days" if term == "dose_plus_days" else "months"
             if not isinstance(arg, list) or len(arg) != 2:
                 raise self.fail(
-                    where, f"expected [dose number, days], got {_kind(arg)}", "write e.g. [1, 28]"
+                    where, f"expected [dose number, {unit}], got {_kind(arg)}", "write e.g. [1, 28]"
                 )
             k = self.dose_ref(arg[0], f"{where}[0]", earlier)
-            days = self.integer(arg[1], f"{where}[1]")
-            return lambda b, doses, prev: after_days(doses[k], days)
+            n = self.integer(arg[1], f"{where}[1]")
+            if term == "dose_plus_days":
+                return lambda b, doses, prev: after_days(doses[k], n)
+            return lambda b, doses, prev: anniv(doses[k], n)
         builder = _TERMS.get(term)
         if builder is None:
-            known = sorted([*_TERMS, "dose_plus_days", "max", "min"])
+            known = sorted([*_TERMS, "dose_plus_days", "dose_anniv_months", "max", "min"])
             raise self.fail(where, "unknown term", f"use one of {', '.join(known)}")
         return builder(self.integer(arg, where))
 
@@ -309,6 +384,14 @@ def _school_year_end(k: int) -> DateFn:
     return lambda b, doses, prev: fiscal_year_end(school_entry_year(b) - k)
 
 
+def _fiscal_year_start_at(m: int) -> DateFn:
+    return lambda b, doses, prev: fiscal_year_start(fiscal_year(reach(b, m)))
+
+
+def _fiscal_year_end_at(m: int) -> DateFn:
+    return lambda b, doses, prev: fiscal_year_end(fiscal_year(reach(b, m)))
+
+
 # Term → builder of the compiled function from its integer argument.
 _TERMS: dict[str, Callable[[int], DateFn]] = {
     "birth_plus_days": lambda n: lambda b, doses, prev: after_days(b, n),
@@ -318,4 +401,6 @@ _TERMS: dict[str, Callable[[int], DateFn]] = {
     "anniv_prev_months": lambda m: lambda b, doses, prev: anniv(prev, m),
     "school_year_start_before_entry": _school_year_start,
     "school_year_end_before_entry": _school_year_end,
+    "fiscal_year_start_at_months": _fiscal_year_start_at,
+    "fiscal_year_end_at_months": _fiscal_year_end_at,
 }
