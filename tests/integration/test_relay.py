@@ -297,7 +297,7 @@ def test_notices_config_is_read_from_channels_yaml(config_dir, prefix, monkeypat
     from renkei.outputs.stream import load_notice_stream
 
     cfg = load_notice_stream()
-    assert (cfg.stream, cfg.maxlen, cfg.include_facts, cfg.has_broker) == (f"{prefix}notices", 0, True, True)
+    assert (cfg.stream, cfg.maxlen, cfg.include_facts, cfg.has_broker) == (f"{prefix}notices", 0, False, True)  # facts stay off the stream by default
     monkeypatch.setenv("RENKEI_CHANNEL_KIND", "changelog_table")
     assert load_notice_stream().has_broker is False
     assert main(["notices", "tail"]) == 2

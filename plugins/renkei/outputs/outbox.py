@@ -26,7 +26,7 @@ from renkei.sources.values import format_timestamp, parse_timestamp
 from renkei.warehouse import engine, ensure_schema, mart_doses, mart_residents, notices, staging_table, upsert
 
 log = logging.getLogger(__name__)
-CHILD_AGE_LIMIT_YEARS = 13  # beyond every infant/child series window
+CHILD_AGE_LIMIT_YEARS = 17  # beyond every child series window (HPV runs to 高校1年相当)
 RESIDENT = "resident"
 Draft = tuple[str, NoticeDraft]  # (erk, draft)
 
@@ -46,9 +46,10 @@ def immunization_drafts(conn: sa.Connection, as_of: date) -> Iterator[Draft]:
     )
     for erk, code, n, on in conn.execute(q):
         doses[erk].append(Dose(code, n, on))
-    kids = sa.select(mart_residents.c.erk, mart_residents.c.birth_date, mart_residents.c.status).where(_child_filter(as_of))
-    for erk, born, status in conn.execute(kids):
-        for draft in evaluate_child(born, status, doses.get(erk, []), as_of, rules):
+    kids = sa.select(mart_residents.c.erk, mart_residents.c.birth_date, mart_residents.c.status,
+                     mart_residents.c.sex).where(_child_filter(as_of))
+    for erk, born, status, sex in conn.execute(kids):
+        for draft in evaluate_child(born, status, doses.get(erk, []), as_of, rules, sex=sex):
             yield erk, draft
 
 
