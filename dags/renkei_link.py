@@ -2,6 +2,7 @@
 
 Set-based SQL over staging (renkei.linkage.mart): residents, counted doses, which departments
 contributed, and department copies that disagree with the registry. Emits renkei_mart_residents.
+Each build appends a `linkage_run` entry (counts, key versions) to the audit trail.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from renkei.config import ingest_sources
 def link_residents():
     @task(outlets=[MART_RESIDENTS])
     def build_mart(**context) -> dict:
+        from renkei.audit.records import record_linkage_run
         from renkei.linkage.mart import build_mart as run_build
         from renkei.runctx import evaluation_date, run_key
         from renkei.settings import Settings
 
-        counts = run_build(Settings.from_env().warehouse_url, evaluation_date(context), run_key(context))
+        url, as_of, run = Settings.from_env().warehouse_url, evaluation_date(context), run_key(context)
+        counts = run_build(url, as_of, run)
+        record_linkage_run(url, run, as_of, counts)
         context["outlet_events"][MART_RESIDENTS].extra = counts
         return counts
 

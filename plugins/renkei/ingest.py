@@ -219,7 +219,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
     stage = staging_table(source)
     date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
     key = staging_key(source)
-    loaded = quarantined = 0
+    loaded = quarantined = unopened = 0
     now = _now()
     with wh.begin() as conn:
         state = conn.execute(
@@ -245,8 +245,9 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 if reason is None:
                     try:
                         staged = _stage_row(source, ring, row, date_cols)
-                    except KeyRingError:
-                        reason = "pseudonym_does_not_authenticate:dept_pseudonym"
+                    except _BadPseudonym as exc:
+                        reason = f"pseudonym_does_not_authenticate:{exc.column}"
+                        unopened += 1
                 if staged is not None:
                     staged.update(row_hash=digest, loaded_run_id=run_id)
                     good.append(staged)
@@ -262,6 +263,14 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 _upsert_quarantine(conn, bad)
             loaded += len(good)
             quarantined += len(bad)
+        if _halts(source, unopened, loaded + quarantined):
+            # A wrong keyring fails every row alike: quarantining them all and advancing the
+            # watermark would lose the batch. Raising rolls the whole load back.
+            raise KeyRingError(
+                f"{source.name}: {unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
+                f"under {source.key_purpose}; nothing was loaded. The keyring is not the one the department "
+                f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step."
+            )
         watermark = state.watermark_to
         if watermark is not None:
             upsert(conn, watermarks, [{"source": source.name, "updated_at": watermark, "run_id": run_id}])
@@ -272,15 +281,30 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
     return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark}
 
 
+class _BadPseudonym(Exception):
+    """A pseudonym of a row does not open; `column` names which one (for the quarantine reason)."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
+def _reseal(source: Source, ring: KeyRing, column: str, token: str) -> str:
+    try:
+        return ring.reseal(source.key_purpose, token, "link")
+    except KeyRingError:
+        raise _BadPseudonym(column) from None
+
+
 def _stage_row(source: Source, ring: KeyRing, row: dict, date_cols: set[str]) -> dict:
     out: dict = {}
     for col, value in row.items():
         if col in ("run_id", "source_row", "parse_errors"):
             continue
         if col == "dept_pseudonym":
-            out["erk"] = ring.reseal(source.key_purpose, value, "link")
+            out["erk"] = _reseal(source, ring, col, value)
         elif col == "household_pseudonym":
-            out["household_key"] = None if value is None else ring.reseal(source.key_purpose, value, "link")
+            out["household_key"] = None if value is None else _reseal(source, ring, col, value)
         elif col in date_cols:
             out[col] = _to_date(value)
         else:

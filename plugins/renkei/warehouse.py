@@ -288,3 +288,51 @@ outbox_published = sa.Table(
     sa.Column("stream_id", sa.String(64), nullable=False),  # the Redis Stream entry id
     sa.Column("published_at", TS, nullable=False),
 )
+
+
+# The tamper-evident audit trail (renkei.audit.trail): append-only, each entry HMAC-chained to
+# the previous one under the keyring's audit key. Payloads hold counts, ids and key versions,
+# never personal data.
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),  # 1, 2, … gapless
+    sa.Column("at", TS, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # linkage_run | review_decision | notice_published | …
+    sa.Column("payload", sa.Text, nullable=False),  # canonical JSON
+    sa.Column("prev_hash", sa.String(80), nullable=False),
+    sa.Column("entry_hash", sa.String(80), nullable=False),  # v<audit key version>.<HMAC-SHA256 hex>
+)
+
+# The chain's head, one row (id = 1) updated in the same transaction as each append: it is the
+# append lock, and it makes a deleted last entry detectable (head_mac binds seq and entry_hash).
+audit_head = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("entry_hash", sa.String(80), nullable=False),
+    sa.Column("head_mac", sa.String(80), nullable=False),
+    sa.CheckConstraint("id = 1", name="ck_audit_head_single_row"),
+)
+
+
+# The integrity audit's review queue (renkei.linkage.audit writes it, renkei.linkage.review
+# decides): one row per (source, record_key, reason), deterministic id, decisions kept across
+# rebuilds. `active` = the latest audit still finds it; `row_hash` = the department row then.
+review_queue = sa.Table(
+    "review_queue", metadata,
+    sa.Column("item_id", sa.String(16), primary_key=True),  # sha256(source, record_key, reason)[:16]
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("record_key", sa.String(120), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),  # birth_date_mismatch | sex_mismatch | not_in_registry | name_mismatch | address_mismatch
+    sa.Column("erk", sa.String(120), nullable=False, index=True),
+    sa.Column("severity", sa.String(8), nullable=False),  # hold | review
+    sa.Column("state", sa.String(16), nullable=False),  # pending | approved | rejected
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("row_hash", sa.String(64)),
+    sa.Column("first_seen_run", sa.String(250), nullable=False),
+    sa.Column("decided_by", sa.Text),
+    sa.Column("decided_at", TS),
+    sa.Column("comment", sa.Text),
+    sa.Column("decided_row_hash", sa.String(64)),  # the department row the decision was about
+    sa.UniqueConstraint("source", "record_key", "reason", name="uq_review_queue_finding"),
+)

@@ -79,6 +79,11 @@ def convert_row(source: Source, ring: KeyRing, raw: dict | None) -> dict:
         if value == "":
             value = None
         target = source.extract_column(col)
+        if isinstance(value, str) and "\x00" in value:
+            # no value holds a NUL, and PostgreSQL text cannot store one
+            errors.append(f"{col}:nul_character")
+            out[target] = None
+            continue
         try:
             if source.personal and col == "resident_code":
                 if value is None:
@@ -86,7 +91,9 @@ def convert_row(source: Source, ring: KeyRing, raw: dict | None) -> dict:
                     out[target] = None
                     continue
                 text = str(value)
-                if not (len(text) == RESIDENT_CODE_DIGITS and text.isdigit()):
+                # ASCII only: str.isdigit() accepts full-width digits, which would seal to a
+                # pseudonym other than the same code's in ASCII, a silent mislink.
+                if not (len(text) == RESIDENT_CODE_DIGITS and text.isascii() and text.isdigit()):
                     errors.append("resident_code:invalid_format")
                 out[target] = ring.seal(source.key_purpose, text)
             elif source.personal and col == "household_code":

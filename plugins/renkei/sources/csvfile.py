@@ -24,28 +24,41 @@ class _LineDecoder:
     def __init__(self, lines: Iterator[bytes]) -> None:
         self._lines = lines
         self.failed = False
+        self.exhausted = False
+        self.lines: list[tuple[str, bool]] = []  # (text, undecodable) of the current record
 
     def __iter__(self) -> Iterator[str]:
         for number, raw in enumerate(self._lines):
             if number == 0 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
             text = _decode(raw)
-            if text is None:
+            undecodable = text is None
+            if undecodable:
                 self.failed = True
                 # UTF-8 replacement never swallows an ASCII byte, so quotes, commas and
                 # newlines keep the CSV structure intact; the row is reported as malformed.
                 text = raw.decode("utf-8", errors="replace")
+            self.lines.append((text, undecodable))
             yield text
+        self.exhausted = True
+
+
+# Python's cp932 maps the bytes 0x80, 0xA0 and 0xFD-0xFF, which are no characters, to these;
+# accepting them would turn a UTF-8 line with one stray byte into CP932 mojibake.
+_CP932_NON_CHARACTERS = frozenset("\x80\uf8f0\uf8f1\uf8f2\uf8f3")
 
 
 def _decode(raw: bytes) -> str | None:
-    # cp932, not shift_jis: cp932 has the IBM/NEC extensions (髙, ①) that registers use.
-    for encoding in ("utf-8", "cp932"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            pass
-    return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        # cp932, not shift_jis: cp932 has the IBM/NEC extensions (髙, ①) that registers use.
+        text = raw.decode("cp932")
+    except UnicodeDecodeError:
+        return None
+    return None if _CP932_NON_CHARACTERS.intersection(text) else text
 
 
 def read_csv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str] | None]]]:
@@ -86,17 +99,8 @@ def _data_rows(
     row_index = 0
     pending_blank = 0  # blank lines are malformed rows only if a data row follows them
     try:
-        while True:
-            decoder.failed = False
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
-                # NUL bytes, or a runaway quoted field over the size limit: report the row and
-                # go on, so that no later row disappears without a count.
-                fields = None
-            if fields is not None and not decoder.failed and not any(f.strip() for f in fields):
+        for fields, failed in _records(reader, decoder):
+            if fields is not None and not failed and not any(f.strip() for f in fields):
                 # blank, or only separators as spreadsheets leave them (",,,")
                 pending_blank += 1
                 continue
@@ -104,11 +108,41 @@ def _data_rows(
                 yield row_index, None
                 row_index += 1
             pending_blank = 0
-            malformed = fields is None or decoder.failed or len(fields) != width
+            malformed = fields is None or failed or len(fields) != width
             yield row_index, (None if malformed else fields)
             row_index += 1
     finally:
         handle.close()
+
+
+def _records(reader: Iterator[list[str]], decoder: _LineDecoder) -> Iterator[tuple[list[str] | None, bool]]:
+    """(fields or None, undecodable) per CSV record.
+
+    A record that spans several lines and ends in an error or at the end of the file (an
+    opening quote never closed) is read again line by line: else it would swallow every row
+    after it into one malformed row.
+    """
+    while True:
+        decoder.failed = False
+        decoder.lines = []
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            # NUL bytes, or a runaway quoted field over the size limit: report the row and
+            # go on, so that no later row disappears without a count.
+            fields = None
+        runaway = len(decoder.lines) > 1 and (fields is None or decoder.exhausted)
+        if not runaway:
+            yield fields, decoder.failed
+            continue
+        for text, undecodable in decoder.lines:
+            try:
+                single = next(csv.reader([text]), [])
+            except csv.Error:
+                single = None
+            yield single, undecodable
 
 
 def _safe_url(url: str) -> str:

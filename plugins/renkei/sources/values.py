@@ -9,6 +9,7 @@ import unicodedata
 from renkei.errors import RenkeiError
 
 JST = datetime.timezone(datetime.timedelta(hours=9), "JST")
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL integer, the narrowest engine we write to
 
 
 class ValueParseError(RenkeiError):
@@ -137,6 +138,12 @@ def parse_timestamp(text: str | None) -> datetime.datetime | None:
         parsed = datetime.datetime.combine(date, datetime.time())
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=JST)
+    try:
+        parsed.astimezone(JST)  # stored in JST: near year 1 or 9999 the shift can overflow
+    except OverflowError:
+        raise ValueParseError(
+            "invalid_timestamp", "timestamp out of range once converted to JST; fix the source value"
+        ) from None
     return parsed
 
 
@@ -153,7 +160,7 @@ def format_timestamp(dt: datetime.datetime) -> str:
 def parse_int(text: str | None) -> int | None:
     """Parse an integer ("3", "３", "+3", and "3.0" as spreadsheets write it); blank is None.
 
-    Raises ValueParseError "invalid_int" for anything else.
+    Raises ValueParseError "invalid_int" for anything else, "out_of_range" beyond 32 bits.
     """
     if text is None:
         return None
@@ -162,4 +169,8 @@ def parse_int(text: str | None) -> int | None:
         return None
     if not _INTEGER.fullmatch(value):
         raise ValueParseError("invalid_int", "not an integer: write digits only, such as 1 or 2")
-    return int(value.split(".", 1)[0])
+    number = int(value.split(".", 1)[0])
+    if not INT_MIN <= number <= INT_MAX:
+        # else the insert fails for the whole extract (SQLite and PostgreSQL integers are bounded)
+        raise ValueParseError("out_of_range", "integer out of range for a database integer; fix the source value")
+    return number

@@ -1,0 +1,44 @@
+"""What the DAGs write to the audit trail: one function per entry kind, counts and ids only."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+
+from renkei.audit.trail import append
+from renkei.keys.ring import KeyRing
+from renkei.warehouse import engine, notices
+
+
+def key_versions(ring: KeyRing) -> dict[str, dict]:
+    """The current and held versions of every key purpose (never key material)."""
+    return {p: ring.versions(p) for p in ring.purposes()}
+
+
+def record_linkage_run(warehouse_url: str, run_id: str, as_of: date, counts: dict,
+                       ring: KeyRing | None = None) -> int:
+    """A ``linkage_run`` entry: the mart build's counts and the key versions it ran under."""
+    ring = ring or KeyRing.load()
+    payload = {"run_id": run_id, "as_of": as_of.isoformat(), "counts": counts, "key_versions": key_versions(ring)}
+    return append(warehouse_url, "linkage_run", payload, ring=ring)
+
+
+def new_notice_ids(warehouse_url: str, run_id: str) -> list[str]:
+    """The ids of the notices this run created (``created_run_id``), sorted."""
+    eng = engine(warehouse_url)
+    try:
+        with eng.connect() as conn:
+            q = sa.select(notices.c.notice_id).where(notices.c.created_run_id == run_id).order_by(notices.c.notice_id)
+            return list(conn.execute(q).scalars())
+    finally:
+        eng.dispose()
+
+
+def record_notices_published(warehouse_url: str, run_id: str, as_of: date, counts: dict,
+                             ring: KeyRing | None = None) -> int:
+    """A ``notice_published`` entry: the services run's counts and the ids of its new notices."""
+    ring = ring or KeyRing.load()
+    payload = {"run_id": run_id, "as_of": as_of.isoformat(), "counts": counts,
+               "notice_ids": new_notice_ids(warehouse_url, run_id), "key_versions": key_versions(ring)}
+    return append(warehouse_url, "notice_published", payload, ring=ring)

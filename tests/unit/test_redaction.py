@@ -1,0 +1,80 @@
+"""The log redaction filter (renkei.logredact): what it masks, what it leaves, where it applies."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from renkei.logredact import EMAIL, NAME, RESIDENT_CODE, RedactingFilter, install, redact
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("opened 12345678901 for row 3", f"opened {RESIDENT_CODE} for row 3"),
+    ("code=１２３４５６７８９０１", f"code={RESIDENT_CODE}"),
+    ("write to hanako.yamada+city@example.co.jp now", f"write to {EMAIL} now"),
+    ("name ヤマダ ハナコ differs", f"name {NAME} differs"),
+    ("name ﾔﾏﾀﾞ ﾊﾅｺ differs", f"name {NAME} differs"),
+    ("kanji 山田　花子 and 髙橋 一郎", f"kanji {NAME} and {NAME}"),
+    ("𠮷田太郎 was here", f"{NAME} was here"),
+    ("reading ヤマダハナコ", f"reading {NAME}"),
+])
+def test_masks_personal_data(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "load immunization: 115 loaded, 5 quarantined, watermark 2025-05-01T09:00:00+09:00",
+    "erk v1.AbC12345678901xYz and notice 0000000000000000000000000000000a",  # tokens and ids stay
+    "run 1234567890 and 123456789012",  # 10 and 12 digits are not resident codes
+    "ward 401064 小倉 at 令和5年8月22日",  # short kanji words and era dates stay
+    "expect_column_values_to_be_in_set:vaccine_code",
+])
+def test_leaves_operational_text(text):
+    assert redact(text) == text
+
+
+def _logger(name: str) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, stream
+
+
+def test_filter_masks_args_of_any_type_and_exception_text():
+    logger, stream = _logger("renkei.test_redaction.filter")
+    logger.handlers[0].addFilter(RedactingFilter())
+    logger.info("resident %s (%d) mail %s", "ヤマダ タロウ", 12345678901, "a@b.jp")
+    try:
+        raise ValueError("duplicate key (resident_code)=(98765432109)")
+    except ValueError:
+        logger.exception("insert failed for %s", "山田 太郎")
+    out = stream.getvalue()
+    assert "12345678901" not in out and "98765432109" not in out and "a@b.jp" not in out
+    assert "ヤマダ" not in out and "山田" not in out
+    assert f"resident {NAME} ({RESIDENT_CODE}) mail {EMAIL}" in out
+    assert "ValueError" in out and "Traceback" in out  # the exception stays, only masked
+
+
+def test_install_covers_child_loggers_through_the_handlers():
+    parent, stream = _logger("renkei.test_redaction.install")
+    parent.propagate = False
+    child = logging.getLogger("renkei.test_redaction.install.ingest")
+    first = install(("renkei.test_redaction.install",), include_root=False)
+    again = install(("renkei.test_redaction.install",), include_root=False)
+    assert first is again
+    assert sum(isinstance(f, RedactingFilter) for f in parent.handlers[0].filters) == 1
+    child.warning("bad row for %s", "12345678901")
+    assert stream.getvalue().strip() == f"renkei.test_redaction.install.ingest bad row for {RESIDENT_CODE}"
+
+
+def test_a_broken_format_string_is_still_logged_masked():
+    logger, stream = _logger("renkei.test_redaction.broken")
+    logger.handlers[0].addFilter(RedactingFilter())
+    logger.info("code %s %s", "12345678901")  # one argument short
+    assert "12345678901" not in stream.getvalue() and RESIDENT_CODE in stream.getvalue()
