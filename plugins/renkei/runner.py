@@ -118,7 +118,7 @@ def run_chain(
     if failed or len(runs) != len(dag_ids):
         raise RenkeiError(f"DAG run failed: {failed or 'the chain stopped early'}; see {log_path} and {work / 'airflow' / 'logs'}")
 
-    report = build_report(warehouse_url, as_of, runs, raw_paths)
+    report = build_report(warehouse_url, as_of, runs, raw_paths, ring=ring)
     report["warehouse_url"] = redact_url(warehouse_url)
     report["extracts_url"] = redact_url(extracts_url)
     report["airflow_home"] = str(work / "airflow")
@@ -151,8 +151,15 @@ def _run_dags(env: dict, as_of: date, dag_ids: list[str], log_path: Path, say) -
     return runs
 
 
-def build_report(warehouse_url: str, as_of: date, runs: list[dict], raw_paths: dict[str, str]) -> dict:
-    """Counts per source for this chain's runs, the mart, and the notices per service and kind."""
+def build_report(warehouse_url: str, as_of: date, runs: list[dict], raw_paths: dict[str, str],
+                 ring: KeyRing | None = None) -> dict:
+    """Counts per source for this chain's runs, the mart, the notices per service and kind, and
+    the integrity audit (scored against the seeded mislinks when the raw folder holds a synthetic
+    city's manifest.json and ``ring`` is given)."""
+    from renkei.linkage import audit  # noqa: PLC0415
+
+    raw_dir = Path(next(iter(raw_paths.values()))).parent if raw_paths else None
+    seeded = audit.seeded_mislinks(raw_dir, ring) if raw_dir is not None else None
     eng = engine(warehouse_url)
     run_ids = {f"{r['dag_id']}/{r['run_id']}": r["dag_id"] for r in runs if r.get("event") == "end"}
     with eng.connect() as conn:
@@ -171,6 +178,7 @@ def build_report(warehouse_url: str, as_of: date, runs: list[dict], raw_paths: d
         ).all()
         flags = dict(conn.execute(sa.select(link_flags.c.reason, sa.func.count()).group_by(link_flags.c.reason)).all())
         contributing = dict(conn.execute(sa.select(linkage.c.source, sa.func.count()).group_by(linkage.c.source)).all())
+        integrity = audit.summary(conn, seeded)
     eng.dispose()
     notices_by: dict[str, dict[str, int]] = {}
     for service, kind, n in by_sk:
@@ -180,8 +188,9 @@ def build_report(warehouse_url: str, as_of: date, runs: list[dict], raw_paths: d
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": dict(sorted(per_source.items())),
         "linked": {"residents": residents, "linked_residents": linked, "erks_by_source": contributing, "link_flags": flags},
+        "integrity_audit": integrity,
         "notices": notices_by,
         "dag_runs": [{k: r.get(k) for k in ("dag_id", "run_id", "state", "seconds")} for r in runs],
         "raw_sources": raw_paths,
-        "raw_dir": str(Path(next(iter(raw_paths.values()))).parent) if raw_paths else None,
+        "raw_dir": str(raw_dir) if raw_dir is not None else None,
     }

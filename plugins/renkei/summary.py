@@ -16,6 +16,11 @@ def print_summary(report: dict, report_path: Path) -> None:
     if link.get("link_flags"):
         flags = ", ".join(f"{k} {v}" for k, v in sorted(link["link_flags"].items()))
         print(f"  link flags (department copy ≠ registry): {flags}")
+    audit = report.get("integrity_audit")
+    if audit:
+        seeded = (f"; seeded mislinks found {audit['seeded_found']}/{audit['seeded_mislinks']}, precision {audit['precision']}"
+                  if audit.get("seeded_mislinks") is not None else "")
+        print(f"  integrity audit: {audit['flagged']:,} records flagged, {audit['held_erks']:,} residents held for review{seeded}")
     for service, kinds in sorted(report["notices"].items()):
         kinds_text = ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items()))
         print(f"  notices {service}: {kinds_text}")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from renkei.events.stream_reply import stream_entries
 from renkei.errors import ConfigError
 from renkei.events.channel import DEFAULT_PREFIX, DEFAULT_REDIS_URL, ChannelConfig, load_channel
 from renkei.events.message import ChangeEvent, ChangeEventError
@@ -131,7 +132,7 @@ class ChangeStreamTrigger(BaseEventTrigger):
                 # Pending first: entries delivered to this consumer before a crash, never acked.
                 last = "0"
                 while True:
-                    entries = _entries(await client.xreadgroup(self.group, self.consumer, {key: last}, count=_BATCH))
+                    entries = stream_entries(await client.xreadgroup(self.group, self.consumer, {key: last}, count=_BATCH))
                     if not entries:
                         break
                     for msg_id, fields in entries:
@@ -145,7 +146,7 @@ class ChangeStreamTrigger(BaseEventTrigger):
                     resp = await client.xreadgroup(
                         self.group, self.consumer, {key: ">"}, count=_BATCH, block=self.block_ms
                     )
-                    for msg_id, fields in _entries(resp):
+                    for msg_id, fields in stream_entries(resp):
                         event = self._event(msg_id, fields)
                         if event is not None:
                             yield event
@@ -254,18 +255,6 @@ class ChangeStreamTrigger(BaseEventTrigger):
             return None
         return TriggerEvent({**event.to_dict(), "channel": self.kind, "message_id": msg_id})
 
-
-def _entries(resp: Any) -> list[tuple[str, dict | None]]:
-    """(id, fields) pairs of one-stream XREADGROUP reply, RESP2 (list) or RESP3 (dict)."""
-    if not resp:
-        return []
-    streams = resp.values() if isinstance(resp, dict) else (entries for _, entries in resp)
-    out = []
-    for entries in streams:
-        for entry in entries or []:
-            msg_id, fields = entry[0], entry[1]
-            out.append((msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id), fields))
-    return out
 
 
 def watcher_trigger(source: str, channel: ChannelConfig | None = None) -> BaseEventTrigger:

@@ -4,7 +4,8 @@
 the build date, ward, status, household, immunization history, check-ups, NHI membership,
 active subscriptions); ``mart_doses`` the counted doses; ``linkage`` which departments
 contributed records for which ERK; ``link_flags`` department copies of birth date or sex that
-disagree with the registry, or ERKs no registry row explains (the seed of the integrity audit).
+disagree with the registry, or ERKs no registry row explains. The integrity audit
+(renkei.linkage.audit) runs in the same transaction and keeps the review queue.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import date, timedelta
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.linkage.audit import audit_links
 from renkei.warehouse import (
     engine,
     ensure_schema,
@@ -103,6 +105,7 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str) -> dict:
                 .where(st.c.erk.not_in(reg_erks))
             )
             conn.execute(sa.insert(link_flags).from_select(["source", "record_key", "reason", "erk", "built_run_id"], q))
+        audit = audit_links(conn, as_of, run_id)
 
         dose_piece = (
             mart_doses.c.vaccine_code + "#" + sa.cast(mart_doses.c.dose_number, sa.String)
@@ -157,6 +160,6 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str) -> dict:
             sa.select(sa.func.count(sa.distinct(linkage.c.erk))).where(linkage.c.in_registry.is_(False))
         ).scalar_one()
     eng.dispose()
-    counts = {"residents": residents, "linked": linked, "unregistered_erks": unlinked, "flags": flags}
+    counts = {"residents": residents, "linked": linked, "unregistered_erks": unlinked, "flags": flags, "audit": audit}
     log.info("link_residents: %s", counts)
     return counts

@@ -5,6 +5,11 @@ children, specific health check-up invitations for NHI members, event notices fo
 subscribed. Only residents whose registry status is ``resident`` on D get notices. A notice's id
 is deterministic (rule, ERK, period, kind), and the outbox insert ignores an id it already
 holds: a re-run, a retry or a duplicate event never publishes a notice twice.
+
+Suspect links are held back: an ERK with an active ``hold`` item of the integrity audit that is
+pending or rejected (renkei.linkage.review.held_erks) gets no new notice from any service until
+a reviewer approves the item or the department's corrected record clears it. Notices already in
+the outbox stay.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.linkage.review import held_erks
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules
 from renkei.services.event_notices import Event, Subscription, evaluate_events, load_event_rules
 from renkei.services.immunization import Dose, NoticeDraft, evaluate_child, load_immunization_rules, notice_id
@@ -126,15 +132,17 @@ def _row(erk: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str
 def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[str] | None = None) -> dict:
     """Evaluate the rules on ``as_of`` and write new notices; returns counts.
 
-    {"open": notices open on the date, "new": inserted now, "by_service_kind": {"immunization/due": n, …}}
+    {"open": notices open on the date, "new": inserted now, "held_erks": ERKs held back by the audit,
+     "by_service_kind": {"immunization/due": n, …}}
     """
     eng = engine(warehouse_url)
     ensure_schema(eng)
     created_at = format_timestamp(datetime.now(timezone.utc))
     rows: list[dict] = []
     with eng.connect() as conn:
+        held = held_erks(conn)
         for name in services or list(SERVICES):
-            rows.extend(_row(erk, d, as_of, run_id, created_at) for erk, d in SERVICES[name](conn, as_of))
+            rows.extend(_row(erk, d, as_of, run_id, created_at) for erk, d in SERVICES[name](conn, as_of) if erk not in held)
     with eng.begin() as conn:
         before = conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one()
         for i in range(0, len(rows), 5000):
@@ -142,6 +150,6 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
         after = conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one()
     eng.dispose()
     by_kind = Counter(f"{r['service']}/{r['kind']}" for r in rows)
-    counts = {"open": len(rows), "new": after - before, "by_service_kind": dict(sorted(by_kind.items()))}
+    counts = {"open": len(rows), "new": after - before, "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items()))}
     log.info("proactive_services on %s: %s", as_of, counts)
     return counts

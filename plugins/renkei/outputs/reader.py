@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from renkei.events.stream_reply import stream_entries
 from renkei.outputs.notice import Notice, NoticeError
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class NoticeReader:
         self._ensure_group()
         # Loops only past entries that were all dropped as malformed, so [] means "nothing there".
         while self._pending_after is not None:
-            entries = _entries(self._client.xreadgroup(
+            entries = stream_entries(self._client.xreadgroup(
                 self.group, self.consumer, {self.stream: self._pending_after}, count=count
             ))
             if not entries:
@@ -78,7 +79,7 @@ class NoticeReader:
             if notices:
                 return notices
         while True:
-            entries = _entries(self._client.xreadgroup(
+            entries = stream_entries(self._client.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
             ))
             notices = self._decode(entries)
@@ -136,16 +137,3 @@ class NoticeReader:
                 log.error("notices stream %s: %s; acknowledged and skipped", self.stream, exc)
                 self._client.xack(self.stream, self.group, msg_id)
         return out
-
-
-def _entries(resp: Any) -> list[tuple[str, dict | None]]:
-    """(id, fields) pairs of a one-stream XREADGROUP reply, RESP2 (list) or RESP3 (dict)."""
-    if not resp:
-        return []
-    streams = resp.values() if isinstance(resp, dict) else (entries for _, entries in resp)
-    out = []
-    for entries in streams:
-        for entry in entries or []:
-            msg_id = entry[0]
-            out.append((msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id), entry[1]))
-    return out

@@ -1,0 +1,77 @@
+"""`renkei review list|approve|reject`: the integrity audit's review queue, by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("review", help="the integrity audit's review queue (紐付け点検)")
+    sub = p.add_subparsers(dest="review_command", required=True)
+
+    ls = sub.add_parser("list", help="list queue items (active ones; --all adds resolved ones)")
+    ls.add_argument("--state", choices=["pending", "approved", "rejected"])
+    ls.add_argument("--all", action="store_true", help="include items the latest audit no longer finds")
+    _where(ls)
+    ls.set_defaults(func=_list)
+
+    for decision, verb in (("approved", "approve"), ("rejected", "reject")):
+        d = sub.add_parser(verb, help=f"{verb} one item: the decision holds until the department changes its record")
+        d.add_argument("item_id")
+        d.add_argument("--reviewer", required=True, help="who decides (stored with the decision)")
+        d.add_argument("--comment", required=True, help="why (stored with the decision; no personal data)")
+        d.add_argument("--keyring", help="keyring that signs the audit-trail entry (default: $RENKEI_KEYRING, "
+                       "else <work>/keyring.json)")
+        _where(d)
+        d.set_defaults(func=_decide, decision=decision)
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--work", help="a `renkei run` work dir (default var/run)")
+    where.add_argument("--warehouse", help="warehouse SQLAlchemy URL")
+
+
+def _url(args: argparse.Namespace) -> str:
+    from renkei.delivery.settings import warehouse_url_of
+
+    if args.warehouse:
+        return args.warehouse
+    work = Path(args.work or "var/run")
+    try:
+        report = json.loads((work / "run_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = {}
+    return warehouse_url_of(work, report, None, dict(os.environ))
+
+
+def _list(args: argparse.Namespace) -> int:
+    from renkei.linkage.review import list_items
+
+    items = list_items(_url(args), state=args.state, include_resolved=args.all)
+    print(f"{'item':<17}{'severity':<9}{'state':<10}{'source':<14}{'reason':<21}{'record':<26}decided")
+    for it in items:
+        record = it["record_key"] if len(it["record_key"]) <= 24 else it["record_key"][:23] + "…"
+        decided = f"{it['decided_by']} {it['decided_at']}" if it["decided_by"] else ""
+        resolved = "" if it["active"] else " (resolved)"
+        print(f"{it['item_id']:<17}{it['severity']:<9}{it['state']:<10}{it['source']:<14}{it['reason']:<21}{record:<26}{decided}{resolved}")
+    print(f"{len(items)} item(s)")
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from renkei.keys.ring import ENV_PATH, KeyRing
+    from renkei.linkage.review import decide
+
+    path = args.keyring or os.environ.get(ENV_PATH)
+    work = None if args.warehouse else Path(args.work or "var/run")
+    if path is None and work is not None and (work / "keyring.json").exists():
+        path = str(work / "keyring.json")
+    ring = KeyRing.load(path) if path else None
+    item = decide(_url(args), args.item_id, args.decision, args.reviewer, args.comment, ring=ring)
+    print(f"{item['item_id']} {item['state']} by {item['decided_by']} at {item['decided_at']} "
+          f"({item['source']} {item['reason']}); the next link run honours it")
+    return 0
