@@ -7,11 +7,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from renkei.errors import ConfigError
 # Package-private helpers of rules.py, shared rather than copied so every rule file fails alike.
-from renkei.services.rules import _DOSE_TERMS, DateFn, _Parser
+from renkei.services.rules import _DOSE_TERMS, DateFn, _Parser, read_rule_file
 from renkei.settings import Settings
 
 # A compiled date expression of the birth date alone (check-up windows).
@@ -24,21 +22,6 @@ def rule_path(path: Path | str | None, filename: str) -> Path:
     if path is None:
         path = Settings.from_env().config_dir / "services" / filename
     return Path(path).resolve()
-
-
-def read_rule_file(path: Path, what: str) -> Any:
-    """The YAML tree of `path`; ConfigError naming the file and the fix if unreadable or not YAML."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot read the {what} ({exc.strerror}); "
-            "Fix: create the file or point RENKEI_CONFIG_DIR at the config directory."
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; Fix: correct the YAML syntax.") from None
 
 
 class RuleParser(_Parser):

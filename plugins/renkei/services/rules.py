@@ -116,19 +116,24 @@ def load_immunization_rules(path: Path | None = None) -> ImmunizationRules:
     return _load_cached(Path(path).resolve())
 
 
-@lru_cache(maxsize=16)
-def _load_cached(path: Path) -> ImmunizationRules:
+def read_rule_file(path: Path, what: str) -> Any:
+    """The YAML tree of `path`; ConfigError naming the file and the fix if unreadable or not YAML."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(
-            f"{path}: cannot read the immunization rules ({exc.strerror}); "
+            f"{path}: cannot read the {what} ({exc.strerror}); "
             "Fix: create the file or point RENKEI_CONFIG_DIR at the config directory."
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}; Fix: correct the YAML syntax.") from None
+
+
+@lru_cache(maxsize=16)
+def _load_cached(path: Path) -> ImmunizationRules:
+    raw = read_rule_file(path, "immunization rules")
     return _Parser(path).rules(raw)
 
 
