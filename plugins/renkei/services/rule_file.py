@@ -7,7 +7,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-
 # Package-private helpers of rules.py, shared rather than copied so every rule file fails alike.
 from renkei.services.rules import _DOSE_TERMS, DateFn, _Parser, read_rule_file
 from renkei.settings import Settings
