@@ -53,7 +53,8 @@ class Running:
             self.task.result()  # surface a crash of run(): it must never return or raise
         self.task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await self.task
+            # Bounded: a trigger that swallowed its cancellation fails the test, never hangs it.
+            await asyncio.wait_for(self.task, WAIT_S)
 
     async def until(self, n: int, extra: Callable[[], bool] = lambda: True) -> list[dict]:
         def ready() -> bool:

@@ -153,6 +153,11 @@ class ChangeStreamTrigger(BaseEventTrigger):
                         # Only now: the triggerer has taken the event (at-least-once).
                         await client.xack(key, self.group, msg_id)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # A cancel that lands inside a socket read can surface as a TimeoutError (an
+                # OSError): when the task is being cancelled, stop instead of retrying forever.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
                 self.log.warning(
                     "change stream %s: Redis unreachable (%s); retrying in %.0f s — nothing is lost, "
                     "unacked entries are re-read", key, exc.__class__.__name__, backoff,
