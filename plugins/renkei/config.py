@@ -40,6 +40,7 @@ class Source:
     min_failures_to_halt: int
     chunk_rows: int
     sweep_cron: str
+    quarantine_fail_safe: str | None = None  # staged column set when an update of a record is rejected
 
     @property
     def raw_columns(self) -> list[str]:
@@ -108,9 +109,12 @@ def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
             columns=dict(cols),
             max_failure_rate=float(spec.get("max_failure_rate", defaults.get("max_failure_rate", 0.05))),
             min_failures_to_halt=int(spec.get("min_failures_to_halt", defaults.get("min_failures_to_halt", 10))),
+            quarantine_fail_safe=spec.get("quarantine_fail_safe"),
             sweep_cron=str(spec.get("sweep_cron", defaults.get("sweep_cron", "*/5 * * * *"))),
             chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
         )
+        if src.quarantine_fail_safe and src.quarantine_fail_safe not in src.extract_columns:
+            raise ConfigError(f"{where}.quarantine_fail_safe: {src.quarantine_fail_safe!r} is not a column of the source")
         if key not in src.extract_columns:
             raise ConfigError(f"{where}.key: {key!r} is not an extract column; use one of {src.extract_columns}")
         out[name] = src

@@ -261,6 +261,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
             _upsert_staging(conn, stage, key, good)
             if bad:
                 _upsert_quarantine(conn, bad)
+                _fail_safe(conn, source, stage, bad, now)
             loaded += len(good)
             quarantined += len(bad)
         if _halts(source, unopened, loaded + quarantined):
@@ -318,6 +319,21 @@ def _upsert_staging(conn: sa.Connection, stage: sa.Table, key: str, rows: list[d
     # later row wins, as it would across runs.
     deduped = {r[key]: r for r in rows}
     upsert(conn, stage, list(deduped.values()))
+
+
+def _fail_safe(conn: sa.Connection, source: Source, stage: sa.Table, bad: list[dict], now: str) -> None:
+    """Apply the source's ``quarantine_fail_safe``: a rejected update of a known record sets a
+    column on its staged row (e.g. subscriptions: opted_out_at) — an unreadable opt-out must stop
+    notices, not leave the old opt-in active until the department fixes the row."""
+    column = source.quarantine_fail_safe
+    keys = [r["record_key"] for r in bad if r["record_key"] is not None]
+    if not column or not keys:
+        return
+    conn.execute(
+        stage.update()
+        .where(stage.c[source.key].in_(keys), stage.c[column].is_(None))
+        .values({column: now})
+    )
 
 
 def _upsert_quarantine(conn: sa.Connection, rows: list[dict]) -> None:

@@ -154,3 +154,41 @@ def test_known_failures_reread_every_run_do_not_halt_the_next_run(settings, tmp_
     assert out["failed"] == 12 and out["already_quarantined"] == 12
     assert load(IMM, "k2", ring, settings)["quarantined"] == 12
     assert _count(settings.warehouse_url, "quarantine") == 12
+
+
+def test_a_rejected_update_of_a_subscription_counts_as_an_opt_out(settings, tmp_path, ring):
+    # An opt-out the department wrote but we cannot read (here a garbage timestamp) must stop
+    # notices: the staged subscription is marked opted out until a valid row arrives.
+    subs = load_sources()["subscriptions"]
+
+    def write(rows):
+        path = tmp_path / "subscriptions.csv"
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=subs.raw_columns)
+            w.writeheader()
+            w.writerows(rows)
+        return path
+
+    def row(i, **over):
+        r = {"subscription_id": f"S{i}", "resident_code": f"{20000000000 + i}", "topic": "events", "ward_code": "",
+             "opted_in_at": "2025-01-01T09:00:00+09:00", "opted_out_at": "", "updated_at": TS}
+        r.update(over)
+        return r
+
+    pseudonymize(subs, str(write([row(i) for i in range(30)])), settings.extracts_url, ring)
+    for step in (extract, validate):
+        step(subs, "s1", settings)
+    load(subs, "s1", ring, settings)
+    later = "2025-05-02T09:00:00+09:00"
+    rows = [row(i) for i in range(30)]
+    rows[5] = row(5, opted_out_at="昨日の夜", updated_at=later)  # unreadable opt-out
+    pseudonymize(subs, str(write(rows)), settings.extracts_url, ring)
+    extract(subs, "s2", settings)
+    validate(subs, "s2", settings)
+    assert load(subs, "s2", ring, settings)["quarantined"] == 1
+    eng = sa.create_engine(settings.warehouse_url)
+    with eng.connect() as conn:
+        out = dict(conn.execute(sa.text("SELECT subscription_id, opted_out_at FROM staging_subscriptions")).all())
+    eng.dispose()
+    assert out["S5"] is not None, "the unreadable opt-out must count as an opt-out"
+    assert sum(v is not None for v in out.values()) == 1
