@@ -70,6 +70,16 @@ class City:
         """Ward index of each resident."""
         return self.household_ward[self.household[idx]]
 
+    def department_copy(self, idx: np.ndarray, other_space: np.ndarray) -> dict[str, list]:
+        """A department's own copy of the basic attributes (SOURCES.md) for residents ``idx``."""
+        return {
+            "resident_code": self.resident_codes(idx),
+            "name_kana": self.name_kana(idx, other_space),
+            "birth_date": self.birth_dates(idx),
+            "sex": self.sexes(idx),
+            "address": self.address(idx),
+        }
+
     def resident_codes(self, idx: np.ndarray) -> list[str]:
         return [f"{c:011d}" for c in self.code[idx].tolist()]
 

@@ -59,11 +59,7 @@ def build_child_health(city: City, rng: np.random.Generator) -> Table:
         who = resident[rows]
         return {
             "record_id": [f"CH{r + 1:09d}" for r in rows.tolist()],
-            "resident_code": city.resident_codes(who),
-            "name_kana": city.name_kana(who, other_space[rows]),
-            "birth_date": city.birth_dates(who),
-            "sex": city.sexes(who),
-            "address": city.address(who),
+            **city.department_copy(who, other_space[rows]),
             "checkup_code": [CHECKUPS[c] for c in checkup[rows].tolist()],
             "examined_on": iso_dates(examined[rows]),
             "updated_at": iso_timestamps(updated[rows]),
@@ -111,11 +107,7 @@ def build_nhi(city: City, rng: np.random.Generator) -> Table:
     def render(rows: np.ndarray) -> dict[str, list]:
         who = member[rows]
         return {
-            "resident_code": city.resident_codes(who),
-            "name_kana": city.name_kana(who, other_space[rows]),
-            "birth_date": city.birth_dates(who),
-            "sex": city.sexes(who),
-            "address": city.address(who),
+            **city.department_copy(who, other_space[rows]),
             "qualified_on": iso_dates(qualified[rows]),
             "disqualified_on": iso_dates(disqualified[rows]),
             "last_checkup_on": iso_dates(last_checkup[rows]),

@@ -62,11 +62,7 @@ def build_immunization(city: City, rng: np.random.Generator) -> Table:
         who = resident[rows]
         return {
             "record_id": [f"IM{r + 1:09d}" for r in rows.tolist()],
-            "resident_code": city.resident_codes(who),
-            "name_kana": city.name_kana(who, other_space[rows]),
-            "birth_date": city.birth_dates(who),
-            "sex": city.sexes(who),
-            "address": city.address(who),
+            **city.department_copy(who, other_space[rows]),
             "vaccine_code": [VACCINES[v] for v in vaccine[rows].tolist()],
             "dose_number": dose[rows].tolist(),
             "administered_on": iso_dates(on[rows]),
