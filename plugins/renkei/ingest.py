@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
 from renkei.config import Source
+from renkei.bulk import insert_rows, upsert_rows
 from renkei.errors import KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
 from renkei.settings import Settings, redact_url
@@ -48,10 +51,19 @@ def _now() -> str:
     return format_timestamp(datetime.now(timezone.utc))
 
 
-def row_hash(row: dict) -> str:
+def content_columns(source: Source) -> list[str]:
+    """The landing columns a row's digest covers (bookkeeping columns excluded), in table order."""
+    return [c.name for c in landing_table(source).columns if c.name not in BOOKKEEPING]
+
+
+def digest_values(values: Sequence) -> str:
+    """Digest of a pseudonymized row's content columns, in :func:`content_columns` order."""
+    return hashlib.sha256(repr(tuple(values)).encode("utf-8")).hexdigest()
+
+
+def row_hash(source: Source, row: Mapping) -> str:
     """Digest of a pseudonymized row's content (bookkeeping columns excluded)."""
-    content = {k: v for k, v in row.items() if k not in BOOKKEEPING}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    return digest_values([row.get(c) for c in content_columns(source)])
 
 
 def _record_run(conn: sa.Connection, source: str, run_id: str, **fields) -> None:
@@ -74,6 +86,8 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
     if wm is not None:
         query = query.where(sa.or_(xt.c.updated_at >= wm, xt.c.updated_at.is_(None)))
     read, newest = 0, wm
+    columns = [c.name for c in xt.columns]
+    stamp = columns.index("updated_at")
     with wh.begin() as wconn:
         wconn.execute(land.delete().where(land.c.run_id == run_id))
         if not sa.inspect(src_eng).has_table(xt.name):
@@ -83,14 +97,11 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
             )
         with src_eng.connect() as sconn:
             result = sconn.execute(query, execution_options={"yield_per": source.chunk_rows})
-            for part in result.mappings().partitions():
-                rows = [{**r, "run_id": run_id} for r in part]
-                wconn.execute(land.insert(), rows)
-                read += len(rows)
-                for r in rows:
-                    ts = r.get("updated_at")
-                    if ts is not None and (newest is None or ts > newest):
-                        newest = ts
+            for part in result.partitions():
+                read += insert_rows(wconn, land, ["run_id", *columns], [(run_id, *r) for r in part])
+                latest = max((r[stamp] for r in part if r[stamp] is not None), default=None)
+                if latest is not None and (newest is None or latest > newest):
+                    newest = latest
         _record_run(wconn, source.name, run_id, read=read, watermark_from=wm, watermark_to=newest, state="extracted")
     src_eng.dispose()
     wh.dispose()
@@ -191,7 +202,7 @@ def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, ru
     for part in _chunks(sorted(rows), 1000):
         q = sa.select(*cols).where(land.c.run_id == run_id, land.c.source_row.in_(part))
         for r in conn.execute(q).mappings():
-            hashes[row_hash(dict(r))] = r["source_row"]
+            hashes[row_hash(source, r)] = r["source_row"]
     known: set[int] = set()
     for part in _chunks(list(hashes), 1000):
         q = sa.select(quarantine.c.row_hash).where(quarantine.c.source == source.name, quarantine.c.row_hash.in_(part))
@@ -204,22 +215,20 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
-def _to_date(value: str | None) -> date | None:
-    return None if value is None else date.fromisoformat(value)
-
-
 def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None = None) -> dict:
     """Load validated rows into staging and rejected rows into quarantine, atomically.
 
-    Returns {"read", "loaded", "quarantined", "watermark"}; read = loaded + quarantined.
+    Returns {"read", "loaded", "quarantined", "watermark", "convert_s"}; read = loaded +
+    quarantined; convert_s = seconds spent turning landed rows into staged rows (pseudonym →
+    ERK, dates, digests), the rest is database work.
     """
     settings = settings or Settings.from_env()
     wh = engine(settings.warehouse_url)
     land = landing_table(source)
     stage = staging_table(source)
-    date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
-    key = staging_key(source)
-    loaded = quarantined = unopened = 0
+    plan = _StagePlan(source, ring, [c.name for c in land.columns], [c.name for c in stage.columns])
+    loaded = quarantined = 0
+    convert_s = 0.0
     now = _now()
     with wh.begin() as conn:
         state = conn.execute(
@@ -234,41 +243,21 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
             )
         query = sa.select(land).where(land.c.run_id == run_id).order_by(land.c.source_row)
         result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
-        for part in result.mappings().partitions():
-            good: list[dict] = []
-            bad: list[dict] = []
-            for r in part:
-                row = dict(r)
-                reason = row.pop("quarantine_reason")
-                digest = row_hash(row)
-                staged: dict | None = None
-                if reason is None:
-                    try:
-                        staged = _stage_row(source, ring, row, date_cols)
-                    except _BadPseudonym as exc:
-                        reason = f"pseudonym_does_not_authenticate:{exc.column}"
-                        unopened += 1
-                if staged is not None:
-                    staged.update(row_hash=digest, loaded_run_id=run_id)
-                    good.append(staged)
-                else:
-                    record_key = row.get(source.key) if source.key != "dept_pseudonym" else None
-                    bad.append({
-                        "source": source.name, "row_hash": digest, "source_row": row["source_row"],
-                        "record_key": record_key, "reason": reason, "first_run_id": run_id,
-                        "last_run_id": run_id, "quarantined_at": now,
-                    })
-            _upsert_staging(conn, stage, key, good)
+        for part in result.partitions():
+            t = time.perf_counter()
+            good, bad = plan.convert(part, run_id, now)
+            convert_s += time.perf_counter() - t
+            _upsert_staging(conn, stage, plan.staged_columns, plan.key_index, good)
             if bad:
                 _upsert_quarantine(conn, bad)
                 _fail_safe(conn, source, stage, bad, now)
             loaded += len(good)
             quarantined += len(bad)
-        if _halts(source, unopened, loaded + quarantined):
+        if _halts(source, plan.unopened, loaded + quarantined):
             # A wrong keyring fails every row alike: quarantining them all and advancing the
             # watermark would lose the batch. Raising rolls the whole load back.
             raise KeyRingError(
-                f"{source.name}: {unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
+                f"{source.name}: {plan.unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
                 f"under {source.key_purpose}; nothing was loaded. The keyring is not the one the department "
                 f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step."
             )
@@ -279,7 +268,8 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
         _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, state="loaded")
     wh.dispose()
     log.info("load %s: %d loaded, %d quarantined, watermark %s", source.name, loaded, quarantined, watermark)
-    return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark}
+    return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark,
+            "convert_s": round(convert_s, 3)}
 
 
 class _BadPseudonym(Exception):
@@ -290,35 +280,85 @@ class _BadPseudonym(Exception):
         self.column = column
 
 
-def _reseal(source: Source, ring: KeyRing, column: str, token: str) -> str:
-    try:
-        return ring.reseal(source.key_purpose, token, "link")
-    except KeyRingError:
-        raise _BadPseudonym(column) from None
+class _StagePlan:
+    """Turns landed rows (tuples in landing column order) into staged rows (tuples in staging
+    column order) and quarantine rows, with the department → link re-seal memoised: a
+    resident's pseudonym repeats across their records (doses, check-ups) within a batch."""
+
+    MEMO_LIMIT = 200_000
+
+    def __init__(self, source: Source, ring: KeyRing, landing_columns: list[str], staging_columns: list[str]):
+        self.source, self.ring = source, ring
+        pos = {c: i for i, c in enumerate(landing_columns)}
+        self.reason_at = pos["quarantine_reason"]
+        self.row_at = pos["source_row"]
+        self.content_at = [pos[c] for c in content_columns(source)]
+        self.record_key_at = pos[source.key] if source.key != "dept_pseudonym" else None
+        date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
+        origin = {"erk": "dept_pseudonym", "household_key": "household_pseudonym"}
+        self.staged_columns = [c for c in staging_columns if c not in ("row_hash", "loaded_run_id")]
+        # (landing position, conversion) per staged column: 'seal' | 'date' | None
+        self.steps = []
+        for c in self.staged_columns:
+            src = origin.get(c, c)
+            kind = "seal" if c in origin else ("date" if src in date_cols else None)
+            self.steps.append((pos[src], kind, src))
+        self.staged_columns += ["row_hash", "loaded_run_id"]
+        self.key_index = self.staged_columns.index(staging_key(source))
+        self.unopened = 0
+        self._memo: dict[str, str] = {}
+
+    def _reseal(self, column: str, token: str) -> str:
+        erk = self._memo.get(token)
+        if erk is None:
+            try:
+                erk = self.ring.reseal(self.source.key_purpose, token, "link")
+            except KeyRingError:
+                raise _BadPseudonym(column) from None
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[token] = erk
+        return erk
+
+    def convert(self, rows, run_id: str, now: str) -> tuple[list[tuple], list[dict]]:
+        good: list[tuple] = []
+        bad: list[dict] = []
+        for row in rows:
+            reason = row[self.reason_at]
+            digest = digest_values([row[i] for i in self.content_at])
+            if reason is None:
+                try:
+                    out = []
+                    for at, kind, column in self.steps:
+                        value = row[at]
+                        if value is None and column == "dept_pseudonym":
+                            raise _BadPseudonym(column)
+                        if value is not None:
+                            if kind == "seal":
+                                value = self._reseal(column, value)
+                            elif kind == "date":
+                                value = date.fromisoformat(value)
+                        out.append(value)
+                    out += (digest, run_id)
+                    good.append(tuple(out))
+                    continue
+                except _BadPseudonym as exc:
+                    reason = f"pseudonym_does_not_authenticate:{exc.column}"
+                    self.unopened += 1
+            bad.append({
+                "source": self.source.name, "row_hash": digest, "source_row": row[self.row_at],
+                "record_key": row[self.record_key_at] if self.record_key_at is not None else None,
+                "reason": reason, "first_run_id": run_id, "last_run_id": run_id, "quarantined_at": now,
+            })
+        return good, bad
 
 
-def _stage_row(source: Source, ring: KeyRing, row: dict, date_cols: set[str]) -> dict:
-    out: dict = {}
-    for col, value in row.items():
-        if col in ("run_id", "source_row", "parse_errors"):
-            continue
-        if col == "dept_pseudonym":
-            out["erk"] = _reseal(source, ring, col, value)
-        elif col == "household_pseudonym":
-            out["household_key"] = None if value is None else _reseal(source, ring, col, value)
-        elif col in date_cols:
-            out[col] = _to_date(value)
-        else:
-            out[col] = value
-    return out
-
-
-def _upsert_staging(conn: sa.Connection, stage: sa.Table, key: str, rows: list[dict]) -> None:
+def _upsert_staging(conn: sa.Connection, stage: sa.Table, columns: list[str], key_index: int, rows: list[tuple]) -> None:
     # Two rows of one batch may name the same staging key only if they passed uniqueness on
     # different keys (e.g. two dept pseudonyms of one resident after a key rotation): the
     # later row wins, as it would across runs.
-    deduped = {r[key]: r for r in rows}
-    upsert(conn, stage, list(deduped.values()))
+    deduped = {r[key_index]: r for r in rows}
+    upsert_rows(conn, stage, columns, list(deduped.values()))
 
 
 def _fail_safe(conn: sa.Connection, source: Source, stage: sa.Table, bad: list[dict], now: str) -> None:
