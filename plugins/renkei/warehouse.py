@@ -55,6 +55,7 @@ def extract_table(source: Source, md: sa.MetaData) -> sa.Table:
         sa.Column("source_row", sa.Integer, primary_key=True),
         *_extract_like_columns(source, as_landing=True),
         sa.Column("parse_errors", sa.Text),
+        sa.Index(f"ix_{name}_updated_at", "updated_at"),  # incremental pulls read by watermark
     )
 
 
@@ -335,4 +336,53 @@ review_queue = sa.Table(
     sa.Column("comment", sa.Text),
     sa.Column("decided_row_hash", sa.String(64)),  # the department row the decision was about
     sa.UniqueConstraint("source", "record_key", "reason", name="uq_review_queue_finding"),
+)
+
+
+# Incremental link and services (renkei.linkage.changes): bookkeeping of ids, dates and counts.
+# Each mart build is one `link_builds` row (seq 1, 2, …); `link_consumed` names the ingest runs
+# (run, source, the run's updated_at) whose staging rows a build took in; `mart_changes` the ERKs
+# an incremental build rebuilt, which the next services run evaluates. `services_runs` records
+# each complete services evaluation (its date, the last build it saw, a digest of the events
+# calendar) and `services_held` the ERKs the audit held back then.
+link_builds = sa.Table(
+    "link_builds", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("grace_days", sa.Integer, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),  # full | incremental
+    sa.Column("residents_touched", sa.Integer, nullable=False),
+    sa.Column("built_at", TS, nullable=False),
+)
+
+link_consumed = sa.Table(
+    "link_consumed", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("updated_at", TS, primary_key=True),  # ingest_runs.updated_at: a re-load is a new run
+    sa.Column("build_seq", sa.Integer, nullable=False),
+)
+
+mart_changes = sa.Table(
+    "mart_changes", metadata,
+    sa.Column("build_seq", sa.Integer, primary_key=True),
+    sa.Column("erk", sa.String(120), primary_key=True),
+)
+
+services_runs = sa.Table(
+    "services_runs", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("link_seq", sa.Integer, nullable=False),  # the last mart build evaluated (0: none)
+    sa.Column("events_digest", sa.String(64), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),  # full | incremental
+    sa.Column("residents_touched", sa.Integer, nullable=False),
+    sa.Column("evaluated_at", TS, nullable=False),
+)
+
+services_held = sa.Table(
+    "services_held", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
 )
