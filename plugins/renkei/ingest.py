@@ -138,7 +138,7 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
     evaluated = 0
     with wh.connect() as conn:
         query = sa.select(*[land.c[c] for c in data_cols]).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
+        result = conn.execute(query, execution_options={"yield_per": source.validate_chunk_rows})
         for part in result.partitions():
             frame = pd.DataFrame([tuple(r) for r in part], columns=data_cols, dtype=object)
             outcome = validate_frame(source.name, frame, settings.expectations_dir)
