@@ -5,38 +5,38 @@
 2. :func:`validate` runs the source's GX suite (and a set-based duplicate-key check over the
    whole batch) and marks each failing landing row with its quarantine reason. Above the
    source's ``max_failure_rate`` it raises :class:`ValidationFailed`: nothing is loaded.
-3. :func:`load` converts department pseudonyms to ERKs in memory, upserts passing rows into
-   ``staging_<source>``, upserts failing rows into ``quarantine``, advances the watermark and
-   clears the landing rows — all in one transaction, so a crash leaves no half state.
+3. :func:`load` converts the batch's distinct department pseudonyms to ERKs in memory (into a
+   temporary table), then upserts passing rows into ``staging_<source>`` and failing rows into
+   ``quarantine`` with INSERT … SELECT, advances the watermark and clears the landing rows —
+   all in one transaction, so a crash leaves no half state.
 
 Each step returns counts only; rows never leave the databases.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
 from renkei.config import Source
-from renkei.bulk import insert_rows, upsert_rows
+from renkei.bulk import insert_rows
 from renkei.errors import KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
+    as_date,
     engine,
     ensure_schema,
     extract_table,
     ingest_runs,
     landing_table,
     quarantine,
+    row_digest,
     staging_key,
     staging_table,
     upsert,
@@ -54,16 +54,6 @@ def _now() -> str:
 def content_columns(source: Source) -> list[str]:
     """The landing columns a row's digest covers (bookkeeping columns excluded), in table order."""
     return [c.name for c in landing_table(source).columns if c.name not in BOOKKEEPING]
-
-
-def digest_values(values: Sequence) -> str:
-    """Digest of a pseudonymized row's content columns, in :func:`content_columns` order."""
-    return hashlib.sha256(repr(tuple(values)).encode("utf-8")).hexdigest()
-
-
-def row_hash(source: Source, row: Mapping) -> str:
-    """Digest of a pseudonymized row's content (bookkeeping columns excluded)."""
-    return digest_values([row.get(c) for c in content_columns(source)])
 
 
 def _record_run(conn: sa.Connection, source: str, run_id: str, **fields) -> None:
@@ -150,10 +140,6 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             failures.setdefault(row, []).append(RowFailure("expect_column_values_to_be_unique", source.key))
     reasons = {row: quarantine_reason(f) for row, f in failures.items()}
     by_reason = Counter(r for reason in reasons.values() for r in reason.split("; "))
-    with wh.connect() as conn:
-        known = _already_quarantined(conn, source, land, run_id, set(reasons))
-    new_failures = len(reasons) - len(known)
-    halt = _halts(source, new_failures, evaluated - len(known))
     with wh.begin() as conn:
         conn.execute(land.update().where(land.c.run_id == run_id).values(quarantine_reason=None))
         if reasons:
@@ -163,15 +149,18 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
                 .values(quarantine_reason=sa.bindparam("b_reason"))
             )
             conn.execute(stmt, [{"b_row": row, "b_reason": reason} for row, reason in reasons.items()])
+        known = _already_quarantined(conn, source, land, run_id) if reasons else 0
+        new_failures = len(reasons) - known
+        halt = _halts(source, new_failures, evaluated - known)
         state = "failed" if halt else "validated"
         _record_run(conn, source.name, run_id, read=evaluated, failed=len(reasons), state=state)
     wh.dispose()
-    summary = {"evaluated": evaluated, "failed": len(reasons), "already_quarantined": len(known),
+    summary = {"evaluated": evaluated, "failed": len(reasons), "already_quarantined": known,
                "reasons": dict(by_reason.most_common())}
     log.info("validate %s: %d of %d rows fail, %d of them already quarantined (%s)",
-             source.name, len(reasons), evaluated, len(known), summary["reasons"])
+             source.name, len(reasons), evaluated, known, summary["reasons"])
     if halt:
-        fresh = evaluated - len(known)
+        fresh = evaluated - known
         raise ValidationFailed(
             f"{source.name}: {new_failures} of {fresh} new rows ({new_failures / fresh:.1%}) fail validation, above "
             f"the limit {source.max_failure_rate:.1%}; nothing was loaded. Reasons: {summary['reasons']}. "
@@ -192,43 +181,27 @@ def _halts(source: Source, new_failures: int, fresh_rows: int) -> bool:
     return new_failures / fresh_rows > source.max_failure_rate
 
 
-def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, rows: set[int]) -> set[int]:
-    """Failing rows identical to a row quarantined before (e.g. re-read because their
-    timestamp is missing): known failures, not evidence of a new problem."""
-    if not rows:
-        return set()
-    cols = [c for c in land.columns if c.name != "quarantine_reason"]
-    hashes: dict[str, int] = {}
-    for part in _chunks(sorted(rows), 1000):
-        q = sa.select(*cols).where(land.c.run_id == run_id, land.c.source_row.in_(part))
-        for r in conn.execute(q).mappings():
-            hashes[row_hash(source, r)] = r["source_row"]
-    known: set[int] = set()
-    for part in _chunks(list(hashes), 1000):
-        q = sa.select(quarantine.c.row_hash).where(quarantine.c.source == source.name, quarantine.c.row_hash.in_(part))
-        known.update(hashes[h] for h in conn.execute(q).scalars())
-    return known
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, run_id: str) -> int:
+    """How many of the batch's failing rows are identical to a row quarantined before (e.g.
+    re-read because their timestamp is missing): known failures, not evidence of a new problem."""
+    seen = sa.exists().where(quarantine.c.source == source.name, quarantine.c.row_hash == _digest(land, source))
+    return conn.execute(
+        sa.select(sa.func.count()).where(land.c.run_id == run_id, land.c.quarantine_reason.is_not(None), seen)
+    ).scalar_one()
 
 
 def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None = None) -> dict:
     """Load validated rows into staging and rejected rows into quarantine, atomically.
 
+    Set-based: only the batch's distinct pseudonyms pass through Python (to be re-sealed as
+    ERKs, in memory); staging and quarantine are filled by INSERT … SELECT from landing.
     Returns {"read", "loaded", "quarantined", "watermark", "convert_s"}; read = loaded +
-    quarantined; convert_s = seconds spent turning landed rows into staged rows (pseudonym →
-    ERK, dates, digests), the rest is database work.
+    quarantined; convert_s = seconds spent converting pseudonyms, the rest is database work.
     """
     settings = settings or Settings.from_env()
     wh = engine(settings.warehouse_url)
     land = landing_table(source)
     stage = staging_table(source)
-    plan = _StagePlan(source, ring, [c.name for c in land.columns], [c.name for c in stage.columns])
-    loaded = quarantined = 0
-    convert_s = 0.0
     now = _now()
     with wh.begin() as conn:
         state = conn.execute(
@@ -241,149 +214,177 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"{source.name}: run {run_id} is not validated (state {state.state if state else 'missing'}): "
                 f"run the validate step first"
             )
-        query = sa.select(land).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
-        for part in result.partitions():
-            t = time.perf_counter()
-            good, bad = plan.convert(part, run_id, now)
-            convert_s += time.perf_counter() - t
-            _upsert_staging(conn, stage, plan.staged_columns, plan.key_index, good)
-            if bad:
-                _upsert_quarantine(conn, bad)
-                _fail_safe(conn, source, stage, bad, now)
-            loaded += len(good)
-            quarantined += len(bad)
-        if _halts(source, plan.unopened, loaded + quarantined):
+        this_run = land.c.run_id == run_id
+        erks = _erk_map(conn, source)
+        t = time.perf_counter()
+        opened = _convert_pseudonyms(conn, source, ring, land, this_run, erks)
+        convert_s = time.perf_counter() - t
+        unopened = _reject_unopened(conn, land, this_run, erks)
+        passing = sa.and_(this_run, land.c.quarantine_reason.is_(None))
+        failing = sa.and_(this_run, land.c.quarantine_reason.is_not(None))
+        loaded = conn.execute(sa.select(sa.func.count()).where(passing)).scalar_one()
+        quarantined = conn.execute(sa.select(sa.func.count()).where(failing)).scalar_one()
+        if _halts(source, unopened, loaded + quarantined):
             # A wrong keyring fails every row alike: quarantining them all and advancing the
             # watermark would lose the batch. Raising rolls the whole load back.
             raise KeyRingError(
-                f"{source.name}: {plan.unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
+                f"{source.name}: {unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
                 f"under {source.key_purpose}; nothing was loaded. The keyring is not the one the department "
                 f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step."
             )
+        _insert_staging(conn, source, land, stage, erks, passing, run_id)
+        if quarantined:
+            _insert_quarantine(conn, source, land, failing, run_id, now)
+            _fail_safe(conn, source, stage, land, failing, now)
+        erks.drop(conn)
         watermark = state.watermark_to
         if watermark is not None:
             upsert(conn, watermarks, [{"source": source.name, "updated_at": watermark, "run_id": run_id}])
-        conn.execute(land.delete().where(land.c.run_id == run_id))
+        conn.execute(land.delete().where(this_run))
         _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, state="loaded")
     wh.dispose()
-    log.info("load %s: %d loaded, %d quarantined, watermark %s", source.name, loaded, quarantined, watermark)
+    log.info("load %s: %d loaded, %d quarantined (%d pseudonyms converted in %.1fs), watermark %s",
+             source.name, loaded, quarantined, opened, convert_s, watermark)
     return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark,
             "convert_s": round(convert_s, 3)}
 
 
-class _BadPseudonym(Exception):
-    """A pseudonym of a row does not open; `column` names which one (for the quarantine reason)."""
-
-    def __init__(self, column: str) -> None:
-        super().__init__(column)
-        self.column = column
+PSEUDONYM_COLUMNS = ("dept_pseudonym", "household_pseudonym")  # department-sealed, re-sealed as ERKs
 
 
-class _StagePlan:
-    """Turns landed rows (tuples in landing column order) into staged rows (tuples in staging
-    column order) and quarantine rows, with the department → link re-seal memoised: a
-    resident's pseudonym repeats across their records (doses, check-ups) within a batch."""
+def _erk_map(conn: sa.Connection, source: Source) -> sa.Table:
+    """A temporary table: department pseudonym → ERK (NULL when the pseudonym does not open)."""
+    table = sa.Table(
+        f"tmp_erks_{source.name}", sa.MetaData(),
+        sa.Column("token", sa.Text, primary_key=True),
+        sa.Column("erk", sa.String(120)),
+        prefixes=["TEMPORARY"],
+    )
+    table.drop(conn, checkfirst=True)
+    table.create(conn)
+    return table
 
-    MEMO_LIMIT = 200_000
 
-    def __init__(self, source: Source, ring: KeyRing, landing_columns: list[str], staging_columns: list[str]):
-        self.source, self.ring = source, ring
-        pos = {c: i for i, c in enumerate(landing_columns)}
-        self.reason_at = pos["quarantine_reason"]
-        self.row_at = pos["source_row"]
-        self.content_at = [pos[c] for c in content_columns(source)]
-        self.record_key_at = pos[source.key] if source.key != "dept_pseudonym" else None
-        date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
-        origin = {"erk": "dept_pseudonym", "household_key": "household_pseudonym"}
-        self.staged_columns = [c for c in staging_columns if c not in ("row_hash", "loaded_run_id")]
-        # (landing position, conversion) per staged column: 'seal' | 'date' | None
-        self.steps = []
-        for c in self.staged_columns:
-            src = origin.get(c, c)
-            kind = "seal" if c in origin else ("date" if src in date_cols else None)
-            self.steps.append((pos[src], kind, src))
-        self.staged_columns += ["row_hash", "loaded_run_id"]
-        self.key_index = self.staged_columns.index(staging_key(source))
-        self.unopened = 0
-        self._memo: dict[str, str] = {}
-
-    def _reseal(self, column: str, token: str) -> str:
-        erk = self._memo.get(token)
-        if erk is None:
+def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, this_run, erks: sa.Table) -> int:
+    """Re-seal each distinct pseudonym of the batch's passing rows under the link key (the
+    plaintext exists only inside ``KeyRing.reseal``); returns how many were converted."""
+    columns = [land.c[c] for c in PSEUDONYM_COLUMNS if c in land.c]
+    if not columns:  # a source without personal data
+        return 0
+    selects = [
+        sa.select(col.label("token")).where(this_run, land.c.quarantine_reason.is_(None), col.is_not(None)).distinct()
+        for col in columns
+    ]
+    tokens = (sa.union(*selects) if len(selects) > 1 else selects[0]).subquery()
+    result = conn.execute(sa.select(tokens.c.token), execution_options={"yield_per": source.chunk_rows})
+    n = 0
+    for part in result.scalars().partitions():
+        rows = []
+        for token in part:
             try:
-                erk = self.ring.reseal(self.source.key_purpose, token, "link")
+                rows.append((token, ring.reseal(source.key_purpose, token, "link")))
             except KeyRingError:
-                raise _BadPseudonym(column) from None
-            if len(self._memo) >= self.MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[token] = erk
-        return erk
-
-    def convert(self, rows, run_id: str, now: str) -> tuple[list[tuple], list[dict]]:
-        good: list[tuple] = []
-        bad: list[dict] = []
-        for row in rows:
-            reason = row[self.reason_at]
-            digest = digest_values([row[i] for i in self.content_at])
-            if reason is None:
-                try:
-                    out = []
-                    for at, kind, column in self.steps:
-                        value = row[at]
-                        if value is None and column == "dept_pseudonym":
-                            raise _BadPseudonym(column)
-                        if value is not None:
-                            if kind == "seal":
-                                value = self._reseal(column, value)
-                            elif kind == "date":
-                                value = date.fromisoformat(value)
-                        out.append(value)
-                    out += (digest, run_id)
-                    good.append(tuple(out))
-                    continue
-                except _BadPseudonym as exc:
-                    reason = f"pseudonym_does_not_authenticate:{exc.column}"
-                    self.unopened += 1
-            bad.append({
-                "source": self.source.name, "row_hash": digest, "source_row": row[self.row_at],
-                "record_key": row[self.record_key_at] if self.record_key_at is not None else None,
-                "reason": reason, "first_run_id": run_id, "last_run_id": run_id, "quarantined_at": now,
-            })
-        return good, bad
+                rows.append((token, None))
+        n += insert_rows(conn, erks, ["token", "erk"], rows)
+    return n
 
 
-def _upsert_staging(conn: sa.Connection, stage: sa.Table, columns: list[str], key_index: int, rows: list[tuple]) -> None:
-    # Two rows of one batch may name the same staging key only if they passed uniqueness on
-    # different keys (e.g. two dept pseudonyms of one resident after a key rotation): the
-    # later row wins, as it would across runs.
-    deduped = {r[key_index]: r for r in rows}
-    upsert_rows(conn, stage, columns, list(deduped.values()))
+def _reject_unopened(conn: sa.Connection, land: sa.Table, this_run, erks: sa.Table) -> int:
+    """Give passing rows whose pseudonym did not open (or is missing) their quarantine reason."""
+    unopened = 0
+    for column in PSEUDONYM_COLUMNS:
+        if column not in land.c:
+            continue
+        col = land.c[column]
+        bad = col.in_(sa.select(erks.c.token).where(erks.c.erk.is_(None)))
+        if column == "dept_pseudonym":
+            bad = sa.or_(bad, col.is_(None))
+        unopened += conn.execute(
+            land.update().where(this_run, land.c.quarantine_reason.is_(None), bad)
+            .values(quarantine_reason=f"pseudonym_does_not_authenticate:{column}")
+        ).rowcount
+    return unopened
 
 
-def _fail_safe(conn: sa.Connection, source: Source, stage: sa.Table, bad: list[dict], now: str) -> None:
+def _digest(land: sa.Table, source: Source):
+    return row_digest(*[land.c[c] for c in content_columns(source)])
+
+
+def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks: sa.Table, passing, run_id: str) -> None:
+    """Upsert the passing rows into staging with their ERKs, typed dates and digests."""
+    date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
+    dept = erks.alias("dept_erk") if "dept_pseudonym" in land.c else None
+    household = erks.alias("household_erk") if "household_pseudonym" in land.c else None
+    values: dict[str, sa.ColumnElement] = {}
+    for c in stage.columns:
+        if c.name == "erk":
+            values[c.name] = dept.c.erk
+        elif c.name == "household_key":
+            values[c.name] = household.c.erk
+        elif c.name == "row_hash":
+            values[c.name] = _digest(land, source)
+        elif c.name == "loaded_run_id":
+            values[c.name] = sa.literal(run_id, sa.String(250))
+        elif c.name in date_cols:
+            values[c.name] = as_date(land.c[c.name])
+        else:
+            values[c.name] = land.c[c.name]
+    joined = land if dept is None else land.join(dept, dept.c.token == land.c.dept_pseudonym)
+    if household is not None:
+        joined = joined.outerjoin(household, household.c.token == land.c.household_pseudonym)
+    key = values[staging_key(source)]
+    query = sa.select(*[v.label(k) for k, v in values.items()]).select_from(joined).where(passing)
+    # Two passing rows of one batch may share a staging key only if they passed uniqueness on
+    # different keys (e.g. two department pseudonyms of one resident during a key's grace
+    # period): the later row wins, as it would across runs.
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import distinct_on  # noqa: PLC0415
+
+        query = query.ext(distinct_on(key)).order_by(key, land.c.source_row.desc())
+    else:  # SQLite applies the rows in order, so the later row's update wins
+        query = query.order_by(land.c.source_row)
+    insert = _dialect_insert(conn)(stage).from_select(list(values), query)
+    pk = [c.name for c in stage.primary_key.columns]
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=pk, set_={k: insert.excluded[k] for k in values if k not in pk}))
+
+
+def _dialect_insert(conn: sa.Connection):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # noqa: PLC0415
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # noqa: PLC0415
+    return insert
+
+
+def _insert_quarantine(conn, source: Source, land: sa.Table, failing, run_id: str, now: str) -> None:
+    """Insert the failing rows into quarantine; a row seen before only records this run."""
+    digest = _digest(land, source)
+    record_key = land.c[source.key] if source.key != "dept_pseudonym" else sa.null()
+    query = sa.select(
+        sa.literal(source.name, sa.String(64)), digest, land.c.source_row, record_key, land.c.quarantine_reason,
+        sa.literal(run_id, sa.String(250)), sa.literal(run_id, sa.String(250)), sa.literal(now, sa.String(32)),
+    ).where(failing)
+    cols = ["source", "row_hash", "source_row", "record_key", "reason", "first_run_id", "last_run_id", "quarantined_at"]
+    insert = _dialect_insert(conn)(quarantine).from_select(cols, query)
+    conn.execute(insert.on_conflict_do_nothing(index_elements=["source", "row_hash"]))
+    conn.execute(
+        quarantine.update()
+        .where(quarantine.c.source == source.name, quarantine.c.row_hash.in_(sa.select(digest).where(failing)))
+        .values(last_run_id=run_id)
+    )
+
+
+def _fail_safe(conn: sa.Connection, source: Source, stage: sa.Table, land: sa.Table, failing, now: str) -> None:
     """Apply the source's ``quarantine_fail_safe``: a rejected update of a known record sets a
     column on its staged row (e.g. subscriptions: opted_out_at) — an unreadable opt-out must stop
     notices, not leave the old opt-in active until the department fixes the row."""
     column = source.quarantine_fail_safe
-    keys = [r["record_key"] for r in bad if r["record_key"] is not None]
-    if not column or not keys:
+    if not column or source.key == "dept_pseudonym":
         return
+    keys = sa.select(land.c[source.key]).where(failing, land.c[source.key].is_not(None))
     conn.execute(
         stage.update()
         .where(stage.c[source.key].in_(keys), stage.c[column].is_(None))
         .values({column: now})
     )
-
-
-def _upsert_quarantine(conn: sa.Connection, rows: list[dict]) -> None:
-    """Insert new quarantine rows; a row seen again only records the latest run."""
-    deduped = {(r["source"], r["row_hash"]): r for r in rows}
-    rows = list(deduped.values())
-    upsert(conn, quarantine, rows, update=False)
-    stmt = (
-        quarantine.update()
-        .where(quarantine.c.source == sa.bindparam("b_source"), quarantine.c.row_hash == sa.bindparam("b_hash"))
-        .values(last_run_id=sa.bindparam("b_run"))
-    )
-    conn.execute(stmt, [{"b_source": r["source"], "b_hash": r["row_hash"], "b_run": r["last_run_id"]} for r in rows])

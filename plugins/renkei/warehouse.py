@@ -9,6 +9,7 @@ outbox. The same metadata runs on SQLite (embedded default) and PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -217,6 +218,7 @@ def engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            dbapi_conn.create_function("renkei_row_digest", -1, _sqlite_row_digest, deterministic=True)
 
         return eng
     return sa.create_engine(url, pool_pre_ping=True)
@@ -267,6 +269,64 @@ def _yyyymmdd_sqlite(element, compiler, **kw):  # noqa: ANN001
 @compiles(yyyymmdd, "postgresql")
 def _yyyymmdd_pg(element, compiler, **kw):  # noqa: ANN001
     return "CAST(to_char(%s, 'YYYYMMDD') AS INTEGER)" % compiler.process(element.clauses, **kw)
+
+
+class row_digest(FunctionElement):
+    """SHA-256 (hex) of a row's values, computed by the database (quarantine and staging
+    ``row_hash``): of the row's PostgreSQL record text ``(v1,v2,…)``, which SQLite reproduces
+    in Python, so a row digests alike on every engine."""
+
+    type = sa.String(64)
+    inherit_cache = True
+
+
+_RECORD_SPECIAL = frozenset('"\\(),') | frozenset(" \t\n\v\f\r")
+
+
+def record_text(values) -> str:
+    """A row as PostgreSQL's record output writes it (NULL empty; quoted when needed)."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append("")
+            continue
+        text = str(v)
+        if text == "" or any(ch in _RECORD_SPECIAL for ch in text):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
+        out.append(text)
+    return "(" + ",".join(out) + ")"
+
+
+def _sqlite_row_digest(*values) -> str:  # registered on every SQLite connection by engine()
+    return hashlib.sha256(record_text(values).encode("utf-8")).hexdigest()
+
+
+@compiles(row_digest, "sqlite")
+def _row_digest_sqlite(element, compiler, **kw):  # noqa: ANN001
+    return "renkei_row_digest(%s)" % compiler.process(element.clauses, **kw)
+
+
+@compiles(row_digest, "postgresql")
+def _row_digest_pg(element, compiler, **kw):  # noqa: ANN001
+    # ROW(...)::text quotes values and marks NULLs, so different rows never encode alike.
+    return "encode(sha256(convert_to(CAST(ROW(%s) AS TEXT), 'UTF8')), 'hex')" % compiler.process(element.clauses, **kw)
+
+
+class as_date(FunctionElement):
+    """An ISO 'YYYY-MM-DD' text as a date column value (SQLite keeps dates as that text)."""
+
+    type = sa.Date()
+    inherit_cache = True
+
+
+@compiles(as_date, "sqlite")
+def _as_date_sqlite(element, compiler, **kw):  # noqa: ANN001
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(as_date, "postgresql")
+def _as_date_pg(element, compiler, **kw):  # noqa: ANN001
+    return "CAST(%s AS DATE)" % compiler.process(element.clauses, **kw)
 
 
 # The change channel for setups without Redis (renkei.events, kind changelog_table).
