@@ -135,13 +135,15 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             evaluated += outcome.evaluated
             for row, fails in outcome.failures.items():
                 failures.setdefault(int(row), []).extend(fails)
+        _check_landed(conn, source, run_id, evaluated)
         # Uniqueness across chunk boundaries: GX sees one chunk at a time.
         for row in _duplicate_rows(conn, land, source.key, run_id):
             failures.setdefault(row, []).append(RowFailure("expect_column_values_to_be_unique", source.key))
     reasons = {row: quarantine_reason(f) for row, f in failures.items()}
     by_reason = Counter(r for reason in reasons.values() for r in reason.split("; "))
     with wh.begin() as conn:
-        conn.execute(land.update().where(land.c.run_id == run_id).values(quarantine_reason=None))
+        conn.execute(land.update().where(land.c.run_id == run_id, land.c.quarantine_reason.is_not(None))
+                     .values(quarantine_reason=None))  # a re-run starts clean (rewriting every row would cost a full pass)
         if reasons:
             stmt = (
                 land.update()
@@ -168,6 +170,21 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             f"{source.name} in config/sources.yaml if this is expected."
         )
     return summary
+
+
+def _check_landed(conn: sa.Connection, source: Source, run_id: str, landed: int) -> None:
+    """The batch is still whole: as many landing rows as the extract step recorded (landing is an
+    unlogged table on PostgreSQL, emptied by a server crash; loading a partial batch would advance
+    the watermark past rows never loaded)."""
+    recorded = conn.execute(
+        sa.select(ingest_runs.c.read, ingest_runs.c.state).where(
+            ingest_runs.c.run_id == run_id, ingest_runs.c.source == source.name)
+    ).first()
+    if recorded is not None and recorded.state in ("extracted", "validated") and recorded.read != landed:
+        raise SourceError(
+            f"{source.name}: run {run_id} landed {recorded.read} rows but {landed} are in landing_{source.name} "
+            f"(the warehouse restarted?): re-run the extract step of this run"
+        )
 
 
 def _halts(source: Source, new_failures: int, fresh_rows: int) -> bool:
@@ -240,13 +257,22 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
         watermark = state.watermark_to
         if watermark is not None:
             upsert(conn, watermarks, [{"source": source.name, "updated_at": watermark, "run_id": run_id}])
-        conn.execute(land.delete().where(this_run))
+        _clear_landing(conn, land, run_id)
         _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, state="loaded")
     wh.dispose()
     log.info("load %s: %d loaded, %d quarantined (%d pseudonyms converted in %.1fs), watermark %s",
              source.name, loaded, quarantined, opened, convert_s, watermark)
     return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark,
             "convert_s": round(convert_s, 3)}
+
+
+def _clear_landing(conn: sa.Connection, land: sa.Table, run_id: str) -> None:
+    """Remove this run's landing rows (TRUNCATE on PostgreSQL when they are all there is)."""
+    others = conn.execute(sa.select(land.c.run_id).where(land.c.run_id != run_id).limit(1)).first()
+    if conn.dialect.name == "postgresql" and others is None:
+        conn.exec_driver_sql(f"TRUNCATE {conn.dialect.identifier_preparer.quote(land.name)}")
+    else:
+        conn.execute(land.delete().where(land.c.run_id == run_id))
 
 
 PSEUDONYM_COLUMNS = ("dept_pseudonym", "household_pseudonym")  # department-sealed, re-sealed as ERKs
@@ -337,7 +363,9 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
     # Two passing rows of one batch may share a staging key only if they passed uniqueness on
     # different keys (e.g. two department pseudonyms of one resident during a key's grace
     # period): the later row wins, as it would across runs.
-    if conn.dialect.name == "postgresql":
+    if staging_key(source) != "erk":
+        pass  # a department key column: validation already quarantined repeats within the batch
+    elif conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import distinct_on  # noqa: PLC0415
 
         query = query.ext(distinct_on(key)).order_by(key, land.c.source_row.desc())

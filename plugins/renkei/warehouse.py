@@ -64,7 +64,7 @@ def landing_table(source: Source) -> sa.Table:
     name = f"landing_{source.name}"
     if name in metadata.tables:
         return metadata.tables[name]
-    return sa.Table(
+    table = sa.Table(
         name, metadata,
         sa.Column("run_id", sa.String(250), primary_key=True),
         sa.Column("source_row", sa.Integer, primary_key=True),
@@ -72,6 +72,10 @@ def landing_table(source: Source) -> sa.Table:
         sa.Column("parse_errors", sa.Text),
         sa.Column("quarantine_reason", sa.Text),  # set by validation; NULL = passes
     )
+    # Landing holds a batch only between extract and load, and the extract can always be re-run:
+    # no WAL for it on PostgreSQL (validate checks the batch is whole after a server crash).
+    sa.event.listen(table, "after_create", sa.DDL(f'ALTER TABLE "{name}" SET UNLOGGED').execute_if(dialect="postgresql"))
+    return table
 
 
 def staging_key(source: Source) -> str:

@@ -371,3 +371,26 @@ def test_load_with_the_wrong_keyring_refuses_and_writes_nothing(tmp_path, ring):
     _assert_untouched(settings.warehouse_url)
     load(IMM, "r", ring, settings)  # the right keyring then loads the same batch
     assert _state(settings.warehouse_url)["landing"] == 0
+
+
+def test_a_warehouse_restart_that_empties_landing_is_refused_not_loaded(pg_factory, tmp_path, ring, reference):
+    """Landing is UNLOGGED on PostgreSQL, so a server crash empties it. Validating that partial
+    batch must fail (loading it would advance the watermark past rows never loaded); the extract
+    step re-run under the same run id makes it whole again."""
+    from renkei.errors import SourceError
+
+    settings = _settings(pg_factory(), tmp_path)
+    pseudonymize(IMM, str(_raw(tmp_path / "imm.csv")), settings.extracts_url, ring)
+    extract(IMM, "r", settings)
+    eng = engine(settings.warehouse_url)
+    with eng.begin() as conn:
+        assert conn.execute(sa.text("SELECT relpersistence FROM pg_class WHERE relname = 'landing_immunization'")).scalar() == "u"
+        conn.execute(sa.text("TRUNCATE landing_immunization"))  # what crash recovery does to an unlogged table
+    eng.dispose()
+    with pytest.raises(SourceError, match="re-run the extract step"):
+        validate(IMM, "r", settings)
+    assert _state(settings.warehouse_url)["watermarks"] == []
+    extract(IMM, "r", settings)
+    validate(IMM, "r", settings)
+    assert load(IMM, "r", ring, settings)["read"] == ROWS
+    assert _state(settings.warehouse_url) == reference
