@@ -20,7 +20,7 @@ from renkei.linkage.audit import HOLD, PENDING
 from renkei.linkage.mart import build_mart
 from renkei.linkage.review import held_erks, list_items
 from renkei.outputs.outbox import SERVICES, run_services
-from renkei.warehouse import engine, notices, review_queue, staging_key, staging_table
+from renkei.warehouse import engine, ingest_runs, notices, review_queue, staging_key, staging_table
 
 AS_OF = date(2025, 6, 1)
 pytestmark = [pytest.mark.airflow]
@@ -78,6 +78,18 @@ def _assert_decisions_in_trail(url: str, work, items: list[dict]) -> None:
     payloads = [json.loads(p) for p in rows]
     assert [p["item_id"] for p in payloads] == [i["item_id"] for i in items]
     assert all(set(p) == {"item_id", "decision", "reviewer", "reason"} for p in payloads)
+
+
+def _department_sends(url: str, src, key_value: str, run_id: str, **values) -> None:
+    """What an ingest run's load leaves for a resent record: the staged row under the run's id,
+    and the run logged as loaded (the link step rebuilds the residents of runs it has not seen)."""
+    st = staging_table(src)
+    eng = engine(url)
+    with eng.begin() as conn:
+        conn.execute(sa.update(st).where(st.c[staging_key(src)] == key_value).values(loaded_run_id=run_id, **values))
+        conn.execute(sa.insert(ingest_runs).values(run_id=run_id, source=src.name, read=1, loaded=1, state="loaded",
+                                                   updated_at="2025-06-01T12:00:00+09:00"))
+    eng.dispose()
 
 
 def _relink_and_serve(url: str, step: str) -> None:
@@ -150,13 +162,8 @@ def test_review_workflow(chain, capsys):
 
     # The department sends a changed record, still disagreeing: the item is pending again.
     src = load_sources()[correct["source"]]
-    st = staging_table(src)
-    key = st.c[staging_key(src)]
     reg = staging_table(load_sources()["registry"])
-    eng = engine(url)
-    with eng.begin() as conn:
-        conn.execute(sa.update(st).where(key == correct["record_key"]).values(row_hash="f" * 64))
-    eng.dispose()
+    _department_sends(url, src, correct["record_key"], "ingest/test__resent", row_hash="f" * 64)
     _relink_and_serve(url, "department_resent")
     reopened = _item(url, correct["item_id"])
     assert reopened["state"] == PENDING and reopened["decided_by"] is None and reopened["active"]
@@ -164,11 +171,11 @@ def test_review_workflow(chain, capsys):
 
     # The department corrects the record to agree with the registry: the finding clears.
     eng = engine(url)
-    with eng.begin() as conn:
+    with eng.connect() as conn:
         truth = conn.execute(sa.select(reg.c.birth_date, reg.c.sex).where(reg.c.erk == correct["erk"])).one()
-        conn.execute(sa.update(st).where(key == correct["record_key"]).values(
-            birth_date=truth.birth_date, sex=truth.sex, row_hash="e" * 64))
     eng.dispose()
+    _department_sends(url, src, correct["record_key"], "ingest/test__corrected",
+                      birth_date=truth.birth_date, sex=truth.sex, row_hash="e" * 64)
     _relink_and_serve(url, "department_corrected")
     assert not _item(url, correct["item_id"])["active"]
     assert correct["erk"] not in _held(url) and correct["erk"] in _notice_erks(url)

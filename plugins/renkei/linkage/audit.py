@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -66,12 +67,27 @@ def _differs(a: sa.ColumnElement, b: sa.ColumnElement) -> sa.ColumnElement:
     return sa.and_(a.is_not(None), b.is_not(None), a != b)
 
 
-def _findings(conn: sa.Connection, as_of: date, grace_days: int) -> tuple[dict[str, dict], int]:
-    """Every finding now, by item id (plus the count of expected address changes)."""
+LINK_FLAG_REASONS = ("not_in_registry", "birth_date_mismatch", "sex_mismatch")  # also kept in link_flags
+
+
+@dataclass
+class Findings:
+    """What one pass over the department copies found (see :func:`find`)."""
+
+    found: dict[str, dict]  # by item id: source, record_key, reason, erk, severity, row_hash
+    expected: int  # address differences explained by a recent move
+    flags: list[dict]  # the link_flags rows: source, record_key, reason, erk (LINK_FLAG_REASONS)
+
+
+def find(conn: sa.Connection, as_of: date, grace_days: int, scope: sa.Select | None = None) -> Findings:
+    """Every finding now (of the records of the ERKs in ``scope``, a SELECT of ERKs; None: all).
+
+    One outer join per source gives both the audit's findings and the mart's ``link_flags``
+    (a birth date or sex that differs, or no registry row: the same conditions).
+    """
     srcs = load_sources()
     reg = staging_table(srcs["registry"])
-    found: dict[str, dict] = {}
-    expected = 0
+    out = Findings({}, 0, [])
     for name in AUDITED_SOURCES:
         st = staging_table(srcs[name])
         key = st.c[staging_key(srcs[name])]
@@ -81,7 +97,7 @@ def _findings(conn: sa.Connection, as_of: date, grace_days: int) -> tuple[dict[s
                 *[_differs(st.c[a], reg.c[a]).label(a) for a in ("birth_date", "sex", "name_digest", "address_digest")],
             )
             .select_from(st).outerjoin(reg, reg.c.erk == st.c.erk)
-            .where(st.c.erk.is_not(None), sa.or_(
+            .where(st.c.erk.is_not(None), sa.true() if scope is None else st.c.erk.in_(scope), sa.or_(
                 reg.c.erk.is_(None),
                 *[_differs(st.c[a], reg.c[a]) for a in ("birth_date", "sex", "name_digest", "address_digest")],
             ))
@@ -97,23 +113,52 @@ def _findings(conn: sa.Connection, as_of: date, grace_days: int) -> tuple[dict[s
                 if r.address_digest:
                     moved = r.status_date is not None and r.status_date <= as_of <= r.status_date + timedelta(days=grace_days)
                     if moved:
-                        expected += 1
+                        out.expected += 1
                     else:
                         reasons.append("address_mismatch")
             for reason in reasons:
-                found[item_id(name, r.record_key, reason)] = {
+                out.found[item_id(name, r.record_key, reason)] = {
                     "source": name, "record_key": r.record_key, "reason": reason, "erk": r.erk,
                     "severity": SEVERITY[reason], "row_hash": r.row_hash,
                 }
-    return found, expected
+                if reason in LINK_FLAG_REASONS:
+                    out.flags.append({"source": name, "record_key": r.record_key, "reason": reason, "erk": r.erk})
+    return out
 
 
-def audit_links(conn: sa.Connection, as_of: date, run_id: str, grace_days: int | None = None) -> dict:
-    """Compare every department copy with the registry and update the review queue; returns counts."""
-    grace = move_grace_days() if grace_days is None else grace_days
-    found, expected = _findings(conn, as_of, grace)
+def _queued(conn: sa.Connection, scope: sa.Select | None) -> dict[str, sa.Row]:
+    """Queue items by id: all of them, or those about the records of the ERKs in ``scope``.
+
+    By record, not by the item's ``erk``: an item keeps the ERK it was first seen under, and a
+    record that moved since is judged where it is now — as a full audit would.
+    """
+    if scope is None:
+        return {r.item_id: r for r in conn.execute(sa.select(review_queue))}
+    srcs = load_sources()
     q = review_queue.c
-    known = {r.item_id: r for r in conn.execute(sa.select(review_queue))}
+    known: dict[str, sa.Row] = {}
+    for name in AUDITED_SOURCES:
+        st = staging_table(srcs[name])
+        records = sa.select(st.c[staging_key(srcs[name])]).where(st.c.erk.in_(scope))
+        for r in conn.execute(sa.select(review_queue).where(q.source == name, q.record_key.in_(records))):
+            known[r.item_id] = r
+    return known
+
+
+def audit_links(conn: sa.Connection, as_of: date, run_id: str, grace_days: int | None = None,
+                scope: sa.Select | None = None, findings: Findings | None = None) -> dict:
+    """Compare department copies with the registry and update the review queue; returns counts.
+
+    ``scope`` (a SELECT of ERKs) limits the audit to the records of those ERKs — an incremental
+    build's residents; nothing about other records can have changed. None audits everything.
+    ``findings`` counts the findings of the audited records; the other counts are the queue's.
+    """
+    grace = move_grace_days() if grace_days is None else grace_days
+    if findings is None:
+        findings = find(conn, as_of, grace, scope)
+    found, expected = findings.found, findings.expected
+    q = review_queue.c
+    known = _queued(conn, scope)
     new, changed = [], []
     reopened = resolved = 0
     for iid, f in found.items():

@@ -10,10 +10,16 @@ Suspect links are held back: an ERK with an active ``hold`` item of the integrit
 pending or rejected (renkei.linkage.review.held_erks) gets no new notice from any service until
 a reviewer approves the item or the department's corrected record clears it. Notices already in
 the outbox stay.
+
+A run is *incremental* when the previous complete evaluation was for the same date and the
+events calendar is unchanged since: then only the residents the mart builds since then rebuilt
+(``mart_changes``) and those the audit no longer holds are evaluated — every other resident's
+drafts are the ones already in the outbox. Otherwise every resident is evaluated (``full``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
@@ -23,18 +29,35 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.linkage import bulk
 from renkei.linkage.review import held_erks
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules
-from renkei.services.event_notices import Event, Subscription, evaluate_events, load_event_rules
-from renkei.services.immunization import Dose, NoticeDraft, evaluate_child, load_immunization_rules, notice_id
+from renkei.services.dates import fiscal_year, fiscal_year_start
+from renkei.services.event_notices import Event, Subscription, calendar, evaluate_on_calendar, load_event_rules
+from renkei.services.immunization import NoticeDraft, evaluate_recorded, load_immunization_rules, notice_id
 from renkei.services.nhi_checkup import evaluate_nhi_checkup, load_nhi_checkup_rules
 from renkei.sources.values import format_timestamp, parse_timestamp
-from renkei.warehouse import engine, ensure_schema, mart_doses, mart_residents, notices, staging_table, upsert
+from renkei.warehouse import (
+    engine,
+    ensure_schema,
+    link_builds,
+    mart_changes,
+    mart_residents,
+    notices,
+    services_held,
+    services_runs,
+    staging_table,
+    upsert,
+)
 
 log = logging.getLogger(__name__)
 CHILD_AGE_LIMIT_YEARS = 17  # beyond every child series window (HPV runs to 高校1年相当)
 RESIDENT = "resident"
+FULL, INCREMENTAL = "full", "incremental"
+CHUNK = 2000  # ERKs per IN list of an incremental run (well under SQLite's bound-parameter limit)
+FETCH = 20000  # rows per fetch when streaming residents
 Draft = tuple[str, NoticeDraft]  # (erk, draft)
+Erks = list[str] | None  # the residents to evaluate (None: everyone)
 
 
 def _child_filter(as_of: date):
@@ -43,69 +66,101 @@ def _child_filter(as_of: date):
                    mart_residents.c.status == RESIDENT)
 
 
-def immunization_drafts(conn: sa.Connection, as_of: date) -> Iterator[Draft]:
+def _among(col: sa.ColumnElement, erks: Erks) -> sa.ColumnElement:
+    return sa.true() if erks is None else col.in_(erks)
+
+
+def _stream(conn: sa.Connection, q: sa.Select) -> Iterator[sa.Row]:
+    return conn.execute(q, execution_options={"yield_per": FETCH})
+
+
+def _recorded(history: str | None) -> dict[tuple[str, int], list[date]]:
+    """A child's counted doses {(vaccine_code, dose_number): [administered_on]} from
+    ``mart_residents.immunization_history`` ("CODE#n@YYYY-MM-DD,…"), which the mart build
+    aggregates from exactly the child's ``mart_doses`` rows — one row per child to fetch
+    instead of one per dose."""
+    recorded: dict[tuple[str, int], list[date]] = {}
+    if history:
+        for piece in history.split(","):
+            head, _, on = piece.rpartition("@")
+            code, _, n = head.rpartition("#")
+            recorded.setdefault((code, int(n)), []).append(date.fromisoformat(on))
+    return recorded
+
+
+def immunization_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterator[Draft]:
     rules = load_immunization_rules()
-    doses: dict[str, list[Dose]] = defaultdict(list)
-    q = (
-        sa.select(mart_doses.c.erk, mart_doses.c.vaccine_code, mart_doses.c.dose_number, mart_doses.c.administered_on)
-        .join(mart_residents, mart_residents.c.erk == mart_doses.c.erk).where(_child_filter(as_of))
-    )
-    for erk, code, n, on in conn.execute(q):
-        doses[erk].append(Dose(code, n, on))
-    kids = sa.select(mart_residents.c.erk, mart_residents.c.birth_date, mart_residents.c.status,
-                     mart_residents.c.sex).where(_child_filter(as_of))
-    for erk, born, status, sex in conn.execute(kids):
-        for draft in evaluate_child(born, status, doses.get(erk, []), as_of, rules, sex=sex):
+    m = mart_residents.c
+    kids = sa.select(m.erk, m.birth_date, m.status, m.sex, m.immunization_history).where(
+        _child_filter(as_of), _among(m.erk, erks))
+    for erk, born, status, sex, history in _stream(conn, kids):
+        if status != RESIDENT or as_of < born:
+            continue  # evaluate_child's own first test (the filter already ensures it)
+        for draft in evaluate_recorded(born, _recorded(history), as_of, rules, sex=sex):
             yield erk, draft
 
 
-def checkup_drafts(conn: sa.Connection, as_of: date) -> Iterator[Draft]:
+def checkup_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterator[Draft]:
     rules = load_checkup_rules()
-    q = sa.select(mart_residents.c.erk, mart_residents.c.birth_date, mart_residents.c.status,
-                  mart_residents.c.checkups).where(_child_filter(as_of), mart_residents.c.age_years < 5)
-    for erk, born, status, checkups in conn.execute(q):
+    m = mart_residents.c
+    q = sa.select(m.erk, m.birth_date, m.status, m.checkups).where(
+        _child_filter(as_of), m.age_years < 5, _among(m.erk, erks))
+    for erk, born, status, checkups in _stream(conn, q):
         examined = {piece.split("@", 1)[0] for piece in (checkups or "").split(",") if piece}
         for draft in evaluate_checkups(born, status, examined, as_of, rules):
             yield erk, draft
 
 
-def nhi_checkup_drafts(conn: sa.Connection, as_of: date) -> Iterator[Draft]:
+def nhi_checkup_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterator[Draft]:
     rules = load_nhi_checkup_rules()
     m = mart_residents.c
+    fy_start = fiscal_year_start(fiscal_year(as_of))
+    # The first tests of evaluate_nhi_checkup, done in SQL: a member on D not yet checked this
+    # fiscal year (it would return nothing for anyone else).
     q = sa.select(m.erk, m.birth_date, m.status, m.nhi_qualified_on, m.nhi_disqualified_on, m.nhi_last_checkup_on).where(
-        m.nhi_qualified_on.is_not(None), m.status == RESIDENT, m.birth_date.is_not(None))
-    for erk, born, status, qualified, disqualified, last in conn.execute(q):
+        m.nhi_qualified_on.is_not(None), m.status == RESIDENT, m.birth_date.is_not(None),
+        m.nhi_qualified_on <= as_of, sa.or_(m.nhi_disqualified_on.is_(None), m.nhi_disqualified_on > as_of),
+        sa.or_(m.nhi_last_checkup_on.is_(None), m.nhi_last_checkup_on < fy_start),
+        _among(m.erk, erks))
+    for erk, born, status, qualified, disqualified, last in _stream(conn, q):
         for draft in evaluate_nhi_checkup(born, status, qualified, disqualified, last, as_of, rules):
             yield erk, draft
 
 
-def event_drafts(conn: sa.Connection, as_of: date) -> Iterator[Draft]:
-    rules = load_event_rules()
-    srcs = load_sources()
-    ev, sub = staging_table(srcs["events"]), staging_table(srcs["subscriptions"])
-    events = [
+def _events(conn: sa.Connection) -> list[Event]:
+    ev = staging_table(load_sources()["events"])
+    return [
         Event(r.event_id, r.topic, r.ward_code, r.venue or "", parse_timestamp(r.starts_at))
         for r in conn.execute(sa.select(ev.c.event_id, ev.c.topic, ev.c.ward_code, ev.c.venue, ev.c.starts_at))
         if r.starts_at is not None
     ]
-    if not events:
+
+
+def event_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterator[Draft]:
+    rules = load_event_rules()
+    sub = staging_table(load_sources()["subscriptions"])
+    # Only events that can qualify today, prepared once; the drafts are the same as over the
+    # whole calendar (evaluate_on_calendar).
+    cal = calendar(_events(conn), as_of, rules)
+    if not cal.by_topic:
         return
     subs: dict[str, list[Subscription]] = defaultdict(list)
     q = (
         sa.select(sub.c.erk, sub.c.topic, sub.c.ward_code, sub.c.opted_in_at, sub.c.opted_out_at)
-        .join(mart_residents, mart_residents.c.erk == sub.c.erk).where(mart_residents.c.status == RESIDENT)
+        .join(mart_residents, mart_residents.c.erk == sub.c.erk)
+        .where(mart_residents.c.status == RESIDENT, _among(sub.c.erk, erks))
     )
-    for erk, topic, ward, opted_in, opted_out in conn.execute(q):
+    for erk, topic, ward, opted_in, opted_out in _stream(conn, q):
         if opted_in is None:
             continue
         subs[erk].append(Subscription(topic, ward, parse_timestamp(opted_in), parse_timestamp(opted_out) if opted_out else None))
     sent: dict[str, list[tuple[str, date]]] = defaultdict(list)
-    for erk, event_id, on in conn.execute(
-        sa.select(notices.c.erk, notices.c.subject, notices.c.evaluated_on).where(notices.c.service == "event")
-    ):
+    n = notices.c
+    for erk, event_id, on in _stream(conn, sa.select(n.erk, n.subject, n.evaluated_on).where(
+            n.service == "event", _among(n.erk, erks))):
         sent[erk].append((event_id, on))
     for erk, mine in subs.items():
-        for draft in evaluate_events(mine, events, as_of, rules, sent.get(erk, ())):
+        for draft in evaluate_on_calendar(mine, cal, rules, sent.get(erk, ())):
             yield erk, draft
 
 
@@ -115,41 +170,158 @@ SERVICES = {
     "nhi_checkup": nhi_checkup_drafts,
     "event": event_drafts,
 }
+COLUMNS = [c.name for c in notices.columns]
 
 
-def _row(erk: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str) -> dict:
+def _facts(draft: NoticeDraft, shared: dict[int, tuple[NoticeDraft, str]]) -> str:
+    """The draft's facts as JSON; an event's draft is one object shared by every resident told
+    about the event (evaluate_on_calendar), so its JSON is made once (the cache keeps the draft
+    alive, so its id cannot be reused)."""
+    if draft.service == "event":
+        hit = shared.get(id(draft))
+        if hit is None:
+            hit = shared[id(draft)] = (draft, json.dumps(draft.facts, sort_keys=True, ensure_ascii=False, default=str))
+        return hit[1]
+    return json.dumps(draft.facts, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _row(erk: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str,
+         shared: dict[int, tuple[NoticeDraft, str]] | None = None, nid: str | None = None) -> dict:
     return {
-        "notice_id": notice_id(draft.rule_id, erk, draft.period_key, draft.kind),
+        "notice_id": nid or notice_id(draft.rule_id, erk, draft.period_key, draft.kind),
         "service": draft.service, "kind": draft.kind, "erk": erk,
         "rule_id": draft.rule_id, "rule_version": draft.rule_version,
         "subject": draft.vaccine_code, "dose_number": draft.dose_number,
         "window_start": draft.window_start, "window_end": draft.window_end,
-        "evaluated_on": as_of, "facts": json.dumps(draft.facts, sort_keys=True, ensure_ascii=False, default=str),
+        "evaluated_on": as_of, "facts": _facts(draft, {} if shared is None else shared),
         "created_run_id": run_id, "created_at": created_at,
     }
 
 
-def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[str] | None = None) -> dict:
+def _insert_new(conn: sa.Connection, rows: list[dict]) -> int:
+    """Insert the rows whose notice_id the outbox does not hold yet; returns how many.
+
+    With one id twice in ``rows`` the first is kept (as the batched upsert did). PostgreSQL
+    (psycopg 3) gets COPY into a temporary table and one INSERT … SELECT … ON CONFLICT DO
+    NOTHING; other engines the batched upsert.
+    """
+    rows = list({r["notice_id"]: r for r in reversed(rows)}.values())[::-1] if rows else rows
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        from sqlalchemy.dialects.postgresql import insert  # noqa: PLC0415 - the PostgreSQL path only
+
+        tmp = sa.Table("notices_batch", sa.MetaData(), *[sa.Column(c.name, c.type) for c in notices.columns],
+                       prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+        tmp.create(conn)
+        prep = conn.dialect.identifier_preparer
+        cols = ", ".join(prep.quote(c) for c in COLUMNS)
+        cur = conn.connection.driver_connection.cursor()
+        with cur.copy(f"COPY {prep.format_table(tmp)} ({cols}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row([r[c] for c in COLUMNS])
+        cur.close()
+        stmt = insert(notices).from_select(COLUMNS, sa.select(*[tmp.c[c] for c in COLUMNS]))
+        stmt = stmt.on_conflict_do_nothing(index_elements=["notice_id"])
+        return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount
+    before = conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one()
+    for i in range(0, len(rows), 5000):
+        upsert(conn, notices, rows[i:i + 5000], update=False)
+    return conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one() - before
+
+
+def _events_digest(conn: sa.Connection) -> str:
+    """A digest of the events calendar as staged (an event's row_hash covers its content)."""
+    ev = staging_table(load_sources()["events"])
+    h = hashlib.sha256()
+    for event_id, row_hash in conn.execute(sa.select(ev.c.event_id, ev.c.row_hash).order_by(ev.c.event_id)):
+        h.update(f"{event_id}|{row_hash}\n".encode())
+    return h.hexdigest()
+
+
+def _scope(conn: sa.Connection, as_of: date, link_seq: int, digest: str, held: set[str]) -> list[str] | None:
+    """The residents to evaluate, or None for everyone (see the module docstring)."""
+    prev = conn.execute(sa.select(services_runs).order_by(services_runs.c.seq.desc()).limit(1)).first()
+    if prev is None or prev.as_of != as_of or prev.events_digest != digest or prev.link_seq > link_seq:
+        return None
+    b = link_builds.c
+    full_builds = conn.execute(sa.select(sa.func.count()).select_from(link_builds).where(
+        b.seq > prev.link_seq, b.seq <= link_seq, b.mode != "incremental")).scalar_one()
+    if full_builds:
+        return None
+    c = mart_changes.c
+    erks = set(conn.execute(sa.select(c.erk).where(c.build_seq > prev.link_seq, c.build_seq <= link_seq)).scalars())
+    released = set(conn.execute(sa.select(services_held.c.erk)).scalars()) - held
+    return sorted(erks | released)
+
+
+def _record(conn: sa.Connection, run_id: str, as_of: date, link_seq: int, digest: str, mode: str,
+            touched: int, held: set[str], now: str) -> None:
+    prev = conn.execute(sa.select(sa.func.max(services_runs.c.seq))).scalar()
+    conn.execute(sa.insert(services_runs).values(
+        seq=(prev or 0) + 1, run_id=run_id, as_of=as_of, link_seq=link_seq, events_digest=digest, mode=mode,
+        residents_touched=touched, evaluated_at=now))
+    conn.execute(services_held.delete())
+    if held:
+        conn.execute(sa.insert(services_held), [{"erk": e} for e in sorted(held)])
+    # The builds evaluated now are done with; a later run starts after link_seq.
+    conn.execute(mart_changes.delete().where(mart_changes.c.build_seq <= link_seq))
+
+
+def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[str] | None = None,
+                 full: bool | None = None) -> dict:
     """Evaluate the rules on ``as_of`` and write new notices; returns counts.
 
-    {"open": notices open on the date, "new": inserted now, "held_erks": ERKs held back by the audit,
-     "by_service_kind": {"immunization/due": n, …}}
+    {"open": notices open on the date for the residents evaluated, "new": inserted now,
+     "held_erks": ERKs held back by the audit, "by_service_kind": {"immunization/due": n, …},
+     "mode": "full" | "incremental", "residents_touched": residents evaluated}
+
+    A run of a subset of ``services`` or with ``full=True`` evaluates everyone; only runs of
+    every service are recorded as the base of the next incremental run.
     """
     eng = engine(warehouse_url)
     ensure_schema(eng)
-    created_at = format_timestamp(datetime.now(timezone.utc))
+    now = format_timestamp(datetime.now(timezone.utc))
+    every = services is None
+    opts = {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
     rows: list[dict] = []
-    with eng.connect() as conn:
+    # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
+    # transaction upgraded to a writer fails if another writer came in between).
+    with eng.connect().execution_options(**opts) as conn, conn.begin():
+        bulk.tune(conn)
         held = held_erks(conn)
-        for name in services or list(SERVICES):
-            rows.extend(_row(erk, d, as_of, run_id, created_at) for erk, d in SERVICES[name](conn, as_of) if erk not in held)
+        link_seq = conn.execute(sa.select(sa.func.max(link_builds.c.seq))).scalar() or 0
+        digest = _events_digest(conn)
+        scope = _scope(conn, as_of, link_seq, digest, held) if every and full is not True else None
+        chunks: list[Erks] = [None] if scope is None else [scope[i:i + CHUNK] for i in range(0, len(scope), CHUNK)]
+        shared: dict[int, tuple[NoticeDraft, str]] = {}
+        by_kind: Counter[str] = Counter()
+        for erks in chunks:
+            # The outbox ignores ids it holds: rows are only made for the others (the same
+            # outcome, without serialising and shipping every open notice again each run).
+            n = notices.c
+            seen = set(conn.execute(sa.select(n.notice_id).where(_among(n.erk, erks)),
+                                    execution_options={"yield_per": FETCH}).scalars())
+            for name in services or list(SERVICES):
+                for erk, d in SERVICES[name](conn, as_of, erks):
+                    if erk in held:
+                        continue
+                    by_kind[f"{d.service}/{d.kind}"] += 1
+                    nid = notice_id(d.rule_id, erk, d.period_key, d.kind)
+                    if nid not in seen:
+                        seen.add(nid)
+                        rows.append(_row(erk, d, as_of, run_id, now, shared, nid))
+        if scope is None:
+            touched = conn.execute(sa.select(sa.func.count()).select_from(mart_residents)).scalar_one()
+        else:
+            touched = len(scope)
+    mode = FULL if scope is None else INCREMENTAL
     with eng.begin() as conn:
-        before = conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one()
-        for i in range(0, len(rows), 5000):
-            upsert(conn, notices, rows[i:i + 5000], update=False)
-        after = conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one()
+        new = _insert_new(conn, rows)
+        if every:
+            _record(conn, run_id, as_of, link_seq, digest, mode, touched, held, now)
     eng.dispose()
-    by_kind = Counter(f"{r['service']}/{r['kind']}" for r in rows)
-    counts = {"open": len(rows), "new": after - before, "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items()))}
+    counts = {"open": sum(by_kind.values()), "new": new, "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items())),
+              "mode": mode, "residents_touched": touched}
     log.info("proactive_services on %s: %s", as_of, counts)
     return counts

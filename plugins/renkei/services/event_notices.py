@@ -27,14 +27,24 @@ Readings of SERVICES.md made here (lead time and cap are data, config/services/e
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from renkei.runctx import TOKYO
 from renkei.services.event_rules import EventRules, load_event_rules
 from renkei.services.immunization import NoticeDraft
 
-__all__ = ["Event", "EventRules", "Subscription", "evaluate_events", "load_event_rules"]
+__all__ = [
+    "Calendar",
+    "Event",
+    "EventRules",
+    "Subscription",
+    "calendar",
+    "evaluate_events",
+    "evaluate_on_calendar",
+    "load_event_rules",
+    "upcoming",
+]
 
 SERVICE = "event"
 KIND = "event"
@@ -90,6 +100,70 @@ def evaluate_events(
             picked[event.event_id] = (starts, event)
     chosen = sorted(picked.values(), key=lambda item: (item[0], item[1].event_id))[:room]
     return [_draft(event, starts, on, rules) for starts, event in chosen]
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """The events that can qualify on one day, by topic, each with its start in Asia/Tokyo —
+    prepared once for evaluating many residents on that day (see evaluate_on_calendar)."""
+
+    on: date
+    by_topic: dict[str, list[tuple[datetime, Event]]]
+    drafts: dict[tuple, NoticeDraft] = field(default_factory=dict)  # one draft per event and rule, shared
+
+
+def calendar(events: list[Event], on: date, rules: EventRules) -> Calendar:
+    """The Calendar of `events` for day `on` (D < start date ≤ D + lead_days)."""
+    by_topic: dict[str, list[tuple[datetime, Event]]] = {}
+    for event in upcoming(events, on, rules):
+        by_topic.setdefault(event.topic, []).append((_tokyo(event.starts_at), event))
+    return Calendar(on, by_topic)
+
+
+def evaluate_on_calendar(
+    subscriptions: list[Subscription],
+    cal: Calendar,
+    rules: EventRules,
+    already_sent: Iterable[tuple[str, date]] = (),
+) -> list[NoticeDraft]:
+    """evaluate_events(subscriptions, events, cal.on, rules, already_sent) for the calendar's
+    events: the same drafts, without converting every event's start for every resident."""
+    on = cal.on
+    sent: dict[str, date] = {}
+    for event_id, sent_on in already_sent:
+        sent[event_id] = min(sent_on, sent.get(event_id, sent_on))
+    room = rules.cap_notices - _busiest_run(list(sent.values()), on, rules.cap_days)
+    if room <= 0:
+        return []
+    active = [s for s in subscriptions if _active(s, on)]
+    if not active:
+        return []
+    picked: dict[str, tuple[datetime, Event]] = {}
+    for s in active:
+        for starts, event in cal.by_topic.get(s.topic, ()):
+            if event.event_id in sent or event.event_id in picked:
+                continue
+            if s.ward_code is None or s.ward_code == event.ward_code:
+                picked[event.event_id] = (starts, event)
+    chosen = sorted(picked.values(), key=lambda item: (item[0], item[1].event_id))[:room]
+    out = []
+    for starts, event in chosen:
+        key = (event.event_id, rules.rule_id, rules.version)
+        draft = cal.drafts.get(key)
+        if draft is None:
+            draft = cal.drafts[key] = _draft(event, starts, on, rules)
+        out.append(draft)
+    return out
+
+
+def upcoming(events: list[Event], on: date, rules: EventRules) -> list[Event]:
+    """The events that can qualify on `on` (D < start date ≤ D + lead_days), in the given order.
+
+    evaluate_events gives the same drafts for this shorter list as for the whole calendar, so a
+    caller evaluating many residents on one day filters once instead of once per resident.
+    """
+    last = on + timedelta(days=rules.lead_days)
+    return [e for e in events if on < _tokyo(e.starts_at).date() <= last]
 
 
 def _busiest_run(sent_days: list[date], on: date, days: int) -> int:

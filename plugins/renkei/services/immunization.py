@@ -45,6 +45,7 @@ __all__ = [
     "ImmunizationRules",
     "NoticeDraft",
     "evaluate_child",
+    "evaluate_recorded",
     "load_immunization_rules",
     "notice_id",
 ]
@@ -108,19 +109,64 @@ def evaluate_child(
     recorded: dict[tuple[str, int], list[date]] = {}
     for dose in doses:
         recorded.setdefault((dose.vaccine_code, dose.dose_number), []).append(dose.administered_on)
+    return evaluate_recorded(birth_date, recorded, on, rules, sex)
+
+
+def evaluate_recorded(
+    birth_date: date,
+    recorded: dict[tuple[str, int], list[date]],
+    on: date,
+    rules: ImmunizationRules,
+    sex: int | None = None,
+) -> list[NoticeDraft]:
+    """evaluate_child for a resident child (status checked by the caller, on ≥ birth_date) whose
+    doses are given as {(vaccine_code, dose_number): [administered_on, …]}."""
     codes_given = {code for code, _ in recorded}
     lead = timedelta(days=rules.last_chance_days)
-    age = age_months(birth_date, on)
+    age, windows = _windows(rules, birth_date, on, sex)
 
     drafts: list[NoticeDraft] = []
-    for series in rules.series:
+    for series, legal_start, legal_end in windows:
         if series.requires_dose_1 and (series.vaccine_code, 1) not in recorded:
-            continue
-        if series.sex is not None and series.sex != sex:
             continue
         if not series.not_if_any_dose_of.isdisjoint(codes_given):
             continue
         if series.only_if_any_dose_of and series.only_if_any_dose_of.isdisjoint(codes_given):
+            continue
+        found = _next_dose(series, birth_date, recorded, legal_start)
+        if found is None:
+            continue
+        dose, counted, picked = found
+        draft = _open_notice(series, dose, birth_date, on, age, counted, picked, legal_start, legal_end, lead)
+        if draft is not None:
+            drafts.append(draft)
+    return drafts
+
+
+# Per rules object (kept alive beside its id): (birth date, day, sex) → the child's age in months
+# and the series whose sex and legal window admit the child that day. These checks do not look
+# at doses, and a city's children share birth dates, so they are done once per date and sex.
+_WINDOWS: dict[int, tuple[ImmunizationRules, dict]] = {}
+_WINDOWS_MAX = 100_000
+
+
+def _windows(
+    rules: ImmunizationRules, birth_date: date, on: date, sex: int | None
+) -> tuple[int, tuple[tuple[SeriesRule, date, date], ...]]:
+    entry = _WINDOWS.get(id(rules))
+    if entry is None or entry[0] is not rules:
+        if len(_WINDOWS) >= 8:
+            _WINDOWS.clear()
+        entry = _WINDOWS[id(rules)] = (rules, {})
+    cache = entry[1]
+    key = (birth_date, on, sex)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    age = age_months(birth_date, on)
+    admitted = []
+    for series in rules.series:
+        if series.sex is not None and series.sex != sex:
             continue
         # age ≥ M + 1 means on ≥ reach(b, M + 1) > reach(b, M); age < M means on < reach(b, M).
         if series.legal_end_months is not None and age > series.legal_end_months:
@@ -133,14 +179,11 @@ def evaluate_child(
         legal_start = series.legal_start(birth_date, _NO_DOSES, None)
         if on < legal_start:
             continue
-        found = _next_dose(series, birth_date, recorded, legal_start)
-        if found is None:
-            continue
-        dose, counted, picked = found
-        draft = _open_notice(series, dose, birth_date, on, age, counted, picked, legal_start, legal_end, lead)
-        if draft is not None:
-            drafts.append(draft)
-    return drafts
+        admitted.append((series, legal_start, legal_end))
+    if len(cache) >= _WINDOWS_MAX:
+        cache.clear()
+    found = cache[key] = (age, tuple(admitted))
+    return found
 
 
 def _next_dose(

@@ -1,0 +1,293 @@
+"""Incremental link and services: a few changed records give exactly what a full rebuild gives.
+
+One warehouse goes through a first run on a synthetic city (ingest, link, services), review
+decisions, and changes to a few records in five sources that are ingested again: a status and a
+birth date in the registry, a newborn, an immunization record changed and one moved to another
+child (a corrected mislink), a check-up, NHI membership, an opt-out and an unreadable update of a
+subscription (the fail-safe opt-out). Then it is cloned: one copy links and serves
+incrementally, the other fully (``full=True``). Every mart table, link_flags, the review queue
+and the notices must be equal, and the incremental run must report touching exactly the
+residents whose records changed — a small share of the city. SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from renkei.config import ingest_sources, load_sources
+from renkei.linkage.mart import build_mart
+from renkei.outputs.outbox import run_services
+from renkei.warehouse import engine, staging_table
+
+AS_OF = date(2025, 6, 1)
+RESIDENTS = 1500
+STAMP = "2099-12-31T09:00:00+09:00"  # the changed rows' updated_at: after every row of the city
+RUN1, RUN2 = "ingest/first", "ingest/changes"
+# Provenance columns: which run (re)built a row, when a notice was stored. They differ by design.
+PROVENANCE = {"built_run_id", "created_at"}
+COMPARED = ("mart_residents", "mart_doses", "linkage", "link_flags", "review_queue", "notices")
+
+
+def _settings(warehouse_url: str, extracts_url: str):
+    from renkei.settings import Settings
+
+    env = Settings.from_env()
+    return Settings(warehouse_url=warehouse_url, extracts_url=extracts_url, config_dir=env.config_dir,
+                    expectations_dir=env.expectations_dir)
+
+
+def _ingest(settings, ring, run_id: str) -> None:
+    from renkei import ingest
+
+    for src in ingest_sources():
+        ingest.extract(src, run_id, settings)
+        ingest.validate(src, run_id, settings)
+        ingest.load(src, run_id, ring, settings)
+
+
+def _tables(url: str) -> dict[str, set[tuple]]:
+    eng = engine(url)
+    md = sa.MetaData()
+    out = {}
+    with eng.connect() as conn:
+        md.reflect(conn, only=list(COMPARED))
+        for name in COMPARED:
+            t = md.tables[name]
+            cols = [c for c in t.columns if c.name not in PROVENANCE]
+            out[name] = {tuple(r) for r in conn.execute(sa.select(*cols))}
+    eng.dispose()
+    return out
+
+
+def _scalars(url: str, query) -> set:
+    eng = engine(url)
+    with eng.connect() as conn:
+        found = set(conn.execute(query).scalars())
+    eng.dispose()
+    return found
+
+
+class Extracts:
+    """The departments' pseudonymized extracts (SQLite), changed the way an export job would."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path)
+        self.db.row_factory = sqlite3.Row
+
+    def rows(self, source: str, where: str = "1=1", params: tuple = ()) -> list[sqlite3.Row]:
+        return self.db.execute(f'SELECT * FROM "extract_{source}" WHERE {where} ORDER BY source_row', params).fetchall()
+
+    def update(self, source: str, source_row: int, **values) -> None:
+        values["updated_at"] = STAMP
+        sets = ", ".join(f'"{k}" = ?' for k in values)
+        self.db.execute(f'UPDATE "extract_{source}" SET {sets} WHERE source_row = ?', (*values.values(), source_row))
+
+    def add(self, source: str, row: dict) -> None:
+        row = {**row, "updated_at": STAMP, "parse_errors": None}
+        row["source_row"] = self.db.execute(f'SELECT max(source_row) + 1 FROM "extract_{source}"').fetchone()[0]
+        cols = ", ".join(f'"{k}"' for k in row)
+        self.db.execute(f'INSERT INTO "extract_{source}" ({cols}) VALUES ({", ".join("?" * len(row))})', tuple(row.values()))
+
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
+
+
+def _change_city(ex: Extracts, ring) -> dict:
+    """Change a few records in five sources; returns the keys whose ERK moves and the newborn's code."""
+    kids = ex.rows("registry", "status = 'resident' AND birth_date > ?", ((AS_OF - timedelta(days=3 * 365)).isoformat(),))
+    def imm_p(registry_pseudonym: str) -> str:  # the same resident under the health bureau's key
+        return ring.reseal("dept:ward_office", registry_pseudonym, "dept:health_bureau")
+
+    vaccinated = {r["dept_pseudonym"] for r in ex.rows("immunization")}
+    kids = [k for k in kids if k["parse_errors"] is None and imm_p(k["dept_pseudonym"]) in vaccinated]
+    assert len(kids) >= 5
+    moved_out, rebirth, donor, receiver, mislinked = kids[:5]
+    ex.update("registry", moved_out["source_row"], status="moved_out", status_date=(AS_OF - timedelta(days=3)).isoformat())
+    ex.update("registry", rebirth["source_row"], birth_date=(date.fromisoformat(rebirth["birth_date"]) - timedelta(days=40)).isoformat())
+    # A newborn (new resident code, sealed as the ward office's adapter does) with a first dose.
+    code = "99999900001"
+    newborn = dict(ex.rows("registry", "source_row = ?", (receiver["source_row"],))[0])
+    newborn.update(dept_pseudonym=ring.seal("dept:ward_office", code), birth_date=(AS_OF - timedelta(days=75)).isoformat(),
+                   status_date=(AS_OF - timedelta(days=75)).isoformat())
+    newborn.pop("source_row"), newborn.pop("updated_at"), newborn.pop("parse_errors")
+    ex.add("registry", newborn)
+
+    imm = ex.rows("immunization", "dept_pseudonym = ?", (imm_p(donor["dept_pseudonym"]),))
+    ex.update("immunization", imm[0]["source_row"], administered_on=(AS_OF - timedelta(days=10)).isoformat())
+    # A record of another child moves to `receiver` (the department corrects a mislink): nothing
+    # else of that child changes, so only the record's old ERK says the child is affected.
+    wrong = ex.rows("immunization", "dept_pseudonym = ?", (imm_p(mislinked["dept_pseudonym"]),))[0]
+    moved_key = wrong["record_id"]
+    receiver_imm = ex.rows("immunization", "dept_pseudonym = ?", (imm_p(receiver["dept_pseudonym"]),))[0]
+    ex.update("immunization", wrong["source_row"], dept_pseudonym=receiver_imm["dept_pseudonym"],
+              birth_date=receiver_imm["birth_date"], sex=receiver_imm["sex"], administered_on=receiver_imm["administered_on"],
+              name_digest=receiver_imm["name_digest"], address_digest=receiver_imm["address_digest"])
+    first = dict(imm[0])
+    first.update(record_id="IMNEW000001", dept_pseudonym=ring.seal("dept:health_bureau", code),
+                 birth_date=newborn["birth_date"], vaccine_code="HEPB", dose_number=1,
+                 administered_on=(AS_OF - timedelta(days=20)).isoformat())
+    first.pop("source_row"), first.pop("updated_at"), first.pop("parse_errors")
+    ex.add("immunization", first)
+
+    chk = ex.rows("child_health", "parse_errors IS NULL")
+    ex.update("child_health", chk[0]["source_row"], examined_on=(AS_OF - timedelta(days=2)).isoformat())
+    nhi = ex.rows("nhi", "parse_errors IS NULL AND disqualified_on IS NULL")
+    ex.update("nhi", nhi[0]["source_row"], last_checkup_on=(AS_OF - timedelta(days=5)).isoformat())
+    ex.update("nhi", nhi[1]["source_row"], disqualified_on=(AS_OF - timedelta(days=1)).isoformat())
+    subs = ex.rows("subscriptions", "parse_errors IS NULL AND opted_out_at IS NULL")
+    ex.update("subscriptions", subs[0]["source_row"], opted_out_at="2025-05-31T09:00:00+09:00")
+    ex.update("subscriptions", subs[1]["source_row"], topic="not-a-topic")  # rejected → fail-safe opt-out
+    return {"moved": {"immunization": [moved_key]}, "fail_safe": subs[1]["subscription_id"], "newborn": code}
+
+
+def _clone(url: str, pg_factory, tmp_path: Path) -> str:
+    if url.startswith("sqlite"):
+        src = Path(url.removeprefix("sqlite:///"))
+        dst = tmp_path / "full.db"
+        con = sqlite3.connect(src)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+        shutil.copy(src, dst)
+        return f"sqlite:///{dst}"
+    name = url.rsplit("/", 1)[1]
+    clone = pg_factory()
+    admin = sa.create_engine(url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        # Only this test's own idle pooled connections are on it; a template must have none.
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+        conn.execute(sa.text(f'DROP DATABASE "{clone.rsplit("/", 1)[1]}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{clone.rsplit("/", 1)[1]}" TEMPLATE "{name}"'))
+    admin.dispose()
+    return clone
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def history(request, tmp_path_factory):
+    """A warehouse after a first run, review decisions and an ingest of changes (not yet linked)."""
+    from renkei.keys.adapter import pseudonymize, raw_location
+    from renkei.keys.ring import KeyRing
+    from renkei.linkage.review import decide, list_items
+    from renkei.synth import generate
+
+    base = tmp_path_factory.mktemp(f"incremental-{request.param}")
+    pg_factory = request.getfixturevalue("pg_factory") if request.param == "postgres" else None
+    url = pg_factory() if pg_factory else f"sqlite:///{base / 'warehouse.db'}"
+    generate(RESIDENTS, 5, AS_OF, base / "raw", fmt="sqlite", defect_rate=0.01)
+    ring = KeyRing.generate()
+    extracts_url = f"sqlite:///{base / 'extracts.db'}"
+    for src in ingest_sources():
+        pseudonymize(src, raw_location(base / "raw", src.name), extracts_url, ring)
+    settings = _settings(url, extracts_url)
+    _ingest(settings, ring, RUN1)
+    first_link = build_mart(url, AS_OF, "link/first")
+    first_services = run_services(url, AS_OF, "services/first")
+    items = [i for i in list_items(url) if i["severity"] == "hold"]
+    per_erk = {i["erk"]: [j for j in items if j["erk"] == i["erk"]] for i in items}
+    holds = sorted((i for i in items if len(per_erk[i["erk"]]) == 1), key=lambda i: i["item_id"])
+    assert len(holds) >= 2
+    decide(url, holds[0]["item_id"], "approved", "kensa-01", "checked", ring=ring)
+    decide(url, holds[1]["item_id"], "rejected", "kensa-01", "checked", ring=ring)
+
+    ex = Extracts(base / "extracts.db")
+    assert ex.db.execute('SELECT max(updated_at) FROM "extract_registry"').fetchone()[0] < STAMP
+    changed = _change_city(ex, ring)
+    ex.close()
+    srcs = load_sources()
+    imm = staging_table(srcs["immunization"])
+    old_erks = _scalars(url, sa.select(imm.c.erk).where(imm.c.record_id.in_(changed["moved"]["immunization"])))
+    before = _tables(url)
+    _ingest(settings, ring, RUN2)
+    now = _scalars(url, sa.select(imm.c.erk).where(imm.c.record_id.in_(changed["moved"]["immunization"])))
+    assert now and not now & old_erks, "the corrected record now belongs to another child"
+    return {"url": url, "ring": ring, "changed": changed, "old_erks": old_erks, "before": before,
+            "first": (first_link, first_services), "pg_factory": pg_factory, "base": base}
+
+
+@pytest.fixture(scope="module")
+def both(history):
+    """The same history linked and served incrementally (url) and fully (full_url)."""
+    full_url = _clone(history["url"], history["pg_factory"], history["base"])
+    held_before = _scalars(history["url"], sa.text("SELECT erk FROM services_held"))
+    inc = (build_mart(history["url"], AS_OF, "link/changes"), run_services(history["url"], AS_OF, "services/changes"))
+    full = (build_mart(full_url, AS_OF, "link/changes", full=True),
+            run_services(full_url, AS_OF, "services/changes", full=True))
+    return {**history, "full_url": full_url, "inc": inc, "full": full, "held_before": held_before}
+
+
+def _expected_touched(h: dict) -> set[str]:
+    """The residents the changes affected: every ERK a row loaded by the second run has now, the
+    ERK a moved record had before, and the subscription the fail-safe opted out."""
+    url = h["url"]
+    touched = set(h["old_erks"])
+    for src in ingest_sources():
+        if src.personal:
+            st = staging_table(src)
+            touched |= _scalars(url, sa.select(st.c.erk).where(st.c.loaded_run_id == RUN2))
+    from renkei.warehouse import quarantine
+
+    sub = staging_table(load_sources()["subscriptions"])
+    rejected = sa.select(quarantine.c.record_key).where(quarantine.c.source == "subscriptions",
+                                                         quarantine.c.last_run_id == RUN2)
+    assert h["changed"]["fail_safe"] in _scalars(url, rejected)
+    touched |= _scalars(url, sa.select(sub.c.erk).where(sub.c.subscription_id.in_(rejected)))
+    return touched
+
+
+def test_first_runs_are_full(history):
+    link, services = history["first"]
+    assert link["mode"] == "full" and link["residents_touched"] == link["residents"]
+    assert services["mode"] == "full" and services["new"] > 0
+
+
+def test_incremental_equals_full_rebuild(both):
+    inc, full = _tables(both["url"]), _tables(both["full_url"])
+    for name in COMPARED:
+        assert inc[name] == full[name], (
+            f"{name}: only incremental {sorted(inc[name] - full[name])[:3]}, only full {sorted(full[name] - inc[name])[:3]}")
+    # The changes did change the mart and the outbox (an equality of unchanged tables proves nothing).
+    for name in ("mart_residents", "mart_doses", "linkage", "notices"):
+        assert inc[name] != both["before"][name], f"{name} did not change"
+    newborn = both["ring"].seal("link", both["changed"]["newborn"])
+    assert newborn in {r[3] for r in inc["notices"]}, "the newborn gets notices"
+
+
+def test_incremental_touches_only_affected_residents(both):
+    link, services = both["inc"]
+    expected = _expected_touched(both)
+    assert link["mode"] == "incremental" and link["residents_touched"] == len(expected)
+    assert both["old_erks"] and len(expected) < 0.05 * link["residents"]
+    assert both["full"][0]["mode"] == "full" and both["full"][0]["residents_touched"] == link["residents"]
+    # Mart rows that differ from before the changes all belong to the touched residents.
+    before = {r[0]: r for r in both["before"]["mart_residents"]}
+    after = {r[0]: r for r in _tables(both["url"])["mart_residents"]}
+    differs = {erk for erk in before.keys() | after.keys() if before.get(erk) != after.get(erk)}
+    assert differs and differs <= expected
+    # Services: the rebuilt residents and the one the reviewer released from its hold.
+    released = both["held_before"] - _scalars(both["url"], sa.text("SELECT erk FROM services_held"))
+    assert released
+    assert services["mode"] == "incremental" and services["residents_touched"] == len(expected | released)
+    assert services["new"] == both["full"][1]["new"] > 0
+
+
+def test_date_events_and_no_change(both):
+    url = both["url"]
+    assert build_mart(url, AS_OF, "link/again")["residents_touched"] == 0  # nothing new ingested
+    again = run_services(url, AS_OF, "services/again")
+    assert (again["mode"], again["residents_touched"], again["new"]) == ("incremental", 0, 0)
+    ev = staging_table(load_sources()["events"])
+    eng = engine(url)
+    with eng.begin() as conn:
+        conn.execute(sa.update(ev).where(ev.c.event_id == sa.select(sa.func.min(ev.c.event_id)).scalar_subquery())
+                     .values(venue="別会場", row_hash="0" * 64))
+    eng.dispose()
+    assert run_services(url, AS_OF, "services/events")["mode"] == "full"  # every subscriber may be concerned
+    nxt = AS_OF + timedelta(days=1)
+    assert build_mart(url, nxt, "link/next-day")["mode"] == "full"  # ages move with the date
+    assert run_services(url, nxt, "services/next-day")["mode"] == "full"
