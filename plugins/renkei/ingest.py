@@ -23,8 +23,9 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 
 from renkei.config import Source
-from renkei.errors import KeyRingError, SourceError, ValidationFailed
+from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
+from renkei.keys.rotation import hold_link_key
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
@@ -222,6 +223,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
     loaded = quarantined = unopened = 0
     now = _now()
     with wh.begin() as conn:
+        hold_link_key(conn, ring)  # refuses while the warehouse's ERKs are re-sealed (renkei.keys.rotation)
         state = conn.execute(
             sa.select(ingest_runs.c.state, ingest_runs.c.watermark_to).where(
                 ingest_runs.c.run_id == run_id, ingest_runs.c.source == source.name
@@ -246,7 +248,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                     try:
                         staged = _stage_row(source, ring, row, date_cols)
                     except _BadPseudonym as exc:
-                        reason = f"pseudonym_does_not_authenticate:{exc.column}"
+                        reason = f"{exc.reason}:{exc.column}"
                         unopened += 1
                 if staged is not None:
                     staged.update(row_hash=digest, loaded_run_id=run_id)
@@ -285,14 +287,17 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
 class _BadPseudonym(Exception):
     """A pseudonym of a row does not open; `column` names which one (for the quarantine reason)."""
 
-    def __init__(self, column: str) -> None:
+    def __init__(self, column: str, reason: str = "pseudonym_does_not_authenticate") -> None:
         super().__init__(column)
         self.column = column
+        self.reason = reason
 
 
 def _reseal(source: Source, ring: KeyRing, column: str, token: str) -> str:
     try:
         return ring.reseal(source.key_purpose, token, "link")
+    except KeyRetired:
+        raise _BadPseudonym(column, "pseudonym_key_retired") from None
     except KeyRingError:
         raise _BadPseudonym(column) from None
 

@@ -16,7 +16,9 @@ from datetime import date, timedelta
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.keys.rotation import hold_link_key
 from renkei.linkage.audit import audit_links
+from renkei.linkage.subjects import assign_subjects
 from renkei.warehouse import (
     engine,
     ensure_schema,
@@ -68,6 +70,7 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str) -> dict:
     d_plus_1 = int((as_of + timedelta(days=1)).strftime("%Y%m%d"))
 
     with eng.begin() as conn:
+        hold_link_key(conn)  # no build while ERKs are re-sealed (renkei.keys.rotation)
         for t in (mart_doses, mart_residents, linkage, link_flags):
             conn.execute(t.delete())
 
@@ -151,6 +154,7 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str) -> dict:
             "nhi_disqualified_on", "nhi_last_checkup_on", "subscription_topics", "departments", "built_run_id",
         ], q))
 
+        assign_subjects(conn, run_id)  # stable notice identity for ERKs new to the mart
         residents = conn.execute(sa.select(sa.func.count()).select_from(mart_residents)).scalar_one()
         linked = conn.execute(
             sa.select(sa.func.count()).select_from(mart_residents).where(mart_residents.c.departments > 1)

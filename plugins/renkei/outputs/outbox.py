@@ -3,7 +3,7 @@
 Services (rules are data under config/services/): immunization and infant check-ups for
 children, specific health check-up invitations for NHI members, event notices for residents who
 subscribed. Only residents whose registry status is ``resident`` on D get notices. A notice's id
-is deterministic (rule, ERK, period, kind), and the outbox insert ignores an id it already
+is deterministic (rule, the resident's subject key, period, kind; renkei.linkage.subjects), and the outbox insert ignores an id it already
 holds: a re-run, a retry or a duplicate event never publishes a notice twice.
 
 Suspect links are held back: an ERK with an active ``hold`` item of the integrity audit that is
@@ -23,7 +23,9 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.keys.rotation import hold_link_key
 from renkei.linkage.review import held_erks
+from renkei.linkage.subjects import subject_keys
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules
 from renkei.services.event_notices import Event, Subscription, evaluate_events, load_event_rules
 from renkei.services.immunization import Dose, NoticeDraft, evaluate_child, load_immunization_rules, notice_id
@@ -117,9 +119,9 @@ SERVICES = {
 }
 
 
-def _row(erk: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str) -> dict:
+def _row(erk: str, subject: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str) -> dict:
     return {
-        "notice_id": notice_id(draft.rule_id, erk, draft.period_key, draft.kind),
+        "notice_id": notice_id(draft.rule_id, subject, draft.period_key, draft.kind),
         "service": draft.service, "kind": draft.kind, "erk": erk,
         "rule_id": draft.rule_id, "rule_version": draft.rule_version,
         "subject": draft.vaccine_code, "dose_number": draft.dose_number,
@@ -139,11 +141,17 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
     ensure_schema(eng)
     created_at = format_timestamp(datetime.now(timezone.utc))
     rows: list[dict] = []
+    # The link-key version this run reads under, and every mart ERK's subject key (an ERK a
+    # concurrent link build adds later gets its notices on the run that build triggers).
+    with eng.begin() as conn:
+        link_version, subject_of = hold_link_key(conn), subject_keys(conn, run_id)
     with eng.connect() as conn:
         held = held_erks(conn)
         for name in services or list(SERVICES):
-            rows.extend(_row(erk, d, as_of, run_id, created_at) for erk, d in SERVICES[name](conn, as_of) if erk not in held)
+            rows.extend(_row(erk, subject_of[erk], d, as_of, run_id, created_at)
+                        for erk, d in SERVICES[name](conn, as_of) if erk not in held and erk in subject_of)
     with eng.begin() as conn:
+        hold_link_key(conn, expect=link_version)
         before = conn.execute(sa.select(sa.func.count()).select_from(notices)).scalar_one()
         for i in range(0, len(rows), 5000):
             upsert(conn, notices, rows[i:i + 5000], update=False)
