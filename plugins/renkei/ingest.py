@@ -220,7 +220,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
     stage = staging_table(source)
     date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
     key = staging_key(source)
-    loaded = quarantined = unopened = 0
+    loaded = quarantined = unopened = retired = 0
     now = _now()
     with wh.begin() as conn:
         hold_link_key(conn, ring)  # refuses while the warehouse's ERKs are re-sealed (renkei.keys.rotation)
@@ -250,6 +250,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                     except _BadPseudonym as exc:
                         reason = f"{exc.reason}:{exc.column}"
                         unopened += 1
+                        retired += exc.reason == "pseudonym_key_retired"
                 if staged is not None:
                     staged.update(row_hash=digest, loaded_run_id=run_id)
                     good.append(staged)
@@ -272,7 +273,9 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
             raise KeyRingError(
                 f"{source.name}: {unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
                 f"under {source.key_purpose}; nothing was loaded. The keyring is not the one the department "
-                f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step."
+                f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step. {retired} of them are "
+                f"sealed with a retired key version: for those the department re-exports with `renkei pseudonymize` "
+                f"under the current version (`renkei keys status`)."
             )
         watermark = state.watermark_to
         if watermark is not None:

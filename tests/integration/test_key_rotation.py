@@ -62,9 +62,10 @@ def city(request, raw, tmp_path_factory):
     url = request.getfixturevalue("pg_factory")() if request.param == "postgresql" else f"sqlite:///{work / 'warehouse.db'}"
     keyring = KeyRing.generate().save(work / "keyring.json")
     report = run_chain(raw, AS_OF, work, warehouse_url=url, keyring_path=keyring, say=lambda m: None)
-    # A reviewer's decision on an item keyed by an nhi ERK must survive the re-seal.
+    # A reviewer's decision on an item keyed by an nhi ERK must survive the re-seal (rejected: the
+    # ERK stays held, so the decision itself changes no notice).
     item = _nhi_item(url)
-    assert main(["review", "approve", item, "--reviewer", "tester", "--comment", "checked",
+    assert main(["review", "reject", item, "--reviewer", "tester", "--comment", "checked",
                  "--warehouse", url, "--keyring", str(keyring)]) == 0
     pristine = tmp_path_factory.mktemp(f"pristine-{request.param}")
     if request.param == "sqlite":
@@ -240,7 +241,7 @@ def test_link_rotation_keeps_notice_identity_and_history(city, smtp, capsys):
     published_before = _tables(url)["outbox_published"]
     before = _erk_snapshot(url)
     decided = {r["item_id"]: r["state"] for r in before["review_queue"] if r["source"] == "nhi"}
-    assert "approved" in decided.values() and any(r["source"] == "nhi" for r in before["link_flags"])
+    assert "rejected" in decided.values() and any(r["source"] == "nhi" for r in before["link_flags"])
 
     # Rotate: the keyring gets v2; ERK writers refuse until the warehouse is re-sealed.
     assert main(["keys", "rotate", "--purpose", "link", "--keyring", keyring]) == 0

@@ -261,10 +261,10 @@ class KeyRing:
         p = self._purpose(purpose)
         if version not in p.keys:
             raise KeyRingError(f"the keyring holds no {purpose} key version {version}: `renkei keys status` lists the versions")
-        if version == p.current:
-            raise KeyRingError(f"{purpose} version {version} is current: rotate first (`renkei keys rotate --purpose {purpose}`)")
         if purpose == "audit":
             raise KeyRingError("audit key versions cannot be retired: the audit chain's older entries verify under them")
+        if version == p.current:
+            raise KeyRingError(f"{purpose} version {version} is current: rotate first (`renkei keys rotate --purpose {purpose}`)")
         p.states[version] = _State(RETIRED, today or self.clock())
 
     @staticmethod
