@@ -39,15 +39,12 @@ from renkei.warehouse import (
     ensure_schema,
     key_rotations,
     key_state,
-    link_flags,
-    linkage,
-    mart_doses,
     mart_residents,
+    metadata,
     notices,
-    review_queue,
+    source_tables,
     staging_key,
     staging_table,
-    subjects,
     upsert,
 )
 
@@ -70,24 +67,22 @@ class ErkColumns:
 
 
 def erk_columns() -> list[ErkColumns]:
-    """Every column of the warehouse that holds a link token, staging first."""
+    """Every column of the warehouse schema that holds a link token, by table name.
+
+    Found by name (``erk``, ``household_key``) in the declared schema, so a table added later
+    is re-sealed without a change here; ``record_key`` beside a ``source`` column is an ERK on
+    the rows of sources keyed by the ERK.
+    """
     srcs = [s for s in load_sources().values() if s.ingest]
+    source_tables()
     erk_keyed = frozenset(s.name for s in srcs if staging_key(s) == "erk")
     out = []
-    for s in srcs:
-        st = staging_table(s)
-        cols = tuple(c for c in ERK_NAMES if c in st.c)
-        if cols:
-            out.append(ErkColumns(st, cols))
-    out += [
-        ErkColumns(mart_residents, ("erk", "household_key")),
-        ErkColumns(mart_doses, ("erk",)),
-        ErkColumns(linkage, ("erk",)),
-        ErkColumns(link_flags, ("erk",), ("record_key",), erk_keyed),
-        ErkColumns(review_queue, ("erk",), ("record_key",), erk_keyed),
-        ErkColumns(notices, ("erk",)),
-        ErkColumns(subjects, ("erk",)),
-    ]
+    for name, t in sorted(metadata.tables.items()):
+        cols = tuple(c for c in ERK_NAMES if c in t.c)
+        if not cols:
+            continue
+        by_source = ("record_key",) if "record_key" in t.c and "source" in t.c else ()
+        out.append(ErkColumns(t, cols, by_source, erk_keyed if by_source else frozenset()))
     return out
 
 
