@@ -1,15 +1,67 @@
-# Renkei on Apache Airflow 3.3 (Python 3.11). Dependencies come from the repo's lock file.
-FROM python:3.11-slim
-ENV AIRFLOW_HOME=/opt/airflow PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+# syntax=docker/dockerfile:1
+# The Renkei image: Apache Airflow 3.3.2 with the CeleryExecutor and the renkei package, built
+# from the repository's lock file. One image for every Airflow component (api-server, scheduler,
+# dag-processor, triggerer, Celery workers) in docker-compose.yaml.
+#
+# Base: python:3.11-slim-bookworm, not apache/airflow — the official image ships Airflow's own
+# constraint set (other SQLAlchemy/pandas/provider versions); installing our lock on top would
+# give a mix that no test ran. Here the image holds exactly requirements.lock (docs/OPERATIONS.md).
+#
+# No key material is ever copied in: the keyring is mounted at run time (compose `secrets:`),
+# and .dockerignore keeps var/, .env and keyring files out of the build context.
+FROM python:3.11-slim-bookworm
+
+ARG AIRFLOW_UID=50000
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    AIRFLOW_HOME=/opt/airflow
+
+# tini is PID 1 and forwards SIGTERM, so a Celery worker shuts down warm (running tasks finish);
+# curl runs the HTTP health checks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini curl \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/renkei
-COPY requirements.lock pyproject.toml ./
-RUN pip install --no-cache-dir -r requirements.lock
+
+# The lock is a complete freeze: --no-deps installs exactly its pins and nothing else, and
+# `pip check` fails the build if they are inconsistent. The Celery executor's packages are pinned
+# on the second line until requirements.lock carries them (same versions; see docs/OPERATIONS.md).
+COPY requirements.lock ./
+RUN pip install --no-deps -r requirements.lock \
+ && pip install --no-deps \
+      apache-airflow-providers-celery==3.26.0 celery==5.6.3 kombu==5.7.0 billiard==4.3.2 \
+      vine==5.1.0 amqp==5.4.2 click-didyoumean==0.3.1 click-plugins==1.1.1.2 click-repl==0.4.1 \
+      prompt-toolkit==3.0.53 wcwidth==0.9.4 flower==2.2.0 tornado==6.6.1 humanize==4.17.0 \
+      prometheus-client==0.26.0 pytz==2026.6 \
+ && pip check
+
+# The application: the renkei package (editable, as in `make venv`, so the plugins folder and
+# the package are one copy), the thin DAG files, config (sources, rules, channels) and GX suites.
+COPY pyproject.toml ./
 COPY plugins ./plugins
 COPY dags ./dags
 COPY config ./config
 COPY expectations ./expectations
-RUN pip install --no-cache-dir --no-deps -e . && useradd -m -u 50000 airflow && mkdir -p $AIRFLOW_HOME && chown airflow $AIRFLOW_HOME
-USER airflow
-ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/renkei/dags AIRFLOW__CORE__PLUGINS_FOLDER=/opt/renkei/plugins \
-    AIRFLOW__CORE__LOAD_EXAMPLES=False RENKEI_CONFIG_DIR=/opt/renkei/config \
-    RENKEI_EXPECTATIONS_DIR=/opt/renkei/expectations
+RUN pip install --no-deps -e . \
+ && useradd --uid "${AIRFLOW_UID}" --gid 0 --home-dir "${AIRFLOW_HOME}" --create-home \
+      --shell /usr/sbin/nologin airflow \
+ && mkdir -p "${AIRFLOW_HOME}/logs" /var/lib/renkei/delivery \
+ && chown -R "${AIRFLOW_UID}:0" "${AIRFLOW_HOME}" /var/lib/renkei \
+ && chmod -R g=u "${AIRFLOW_HOME}" /var/lib/renkei
+
+ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/renkei/dags \
+    AIRFLOW__CORE__PLUGINS_FOLDER=/opt/renkei/plugins \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False \
+    RENKEI_CONFIG_DIR=/opt/renkei/config \
+    RENKEI_EXPECTATIONS_DIR=/opt/renkei/expectations \
+    RENKEI_HOME=/var/lib/renkei
+
+# Numeric, so Kubernetes' runAsNonRoot can verify it; group 0 as in the official Airflow image.
+USER ${AIRFLOW_UID}:0
+WORKDIR /opt/airflow
+EXPOSE 8080 8793 8974
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["airflow", "version"]

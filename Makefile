@@ -14,6 +14,7 @@ DEMO := var/demo
 help:
 	@echo "make demo   set up and run the demo end to end on embedded defaults (SQLite)"
 	@echo "make up     Airflow UI on embedded defaults with the Renkei DAGs (after make demo); Ctrl-C / make down"
+	@echo "make lint   audit the pinned dependencies (pip-audit; config/pip-audit-ignore.txt)"
 	@echo "make test   run the tests (PostgreSQL/Redis tests skip when absent unless RENKEI_REQUIRE_SERVICES=1)"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -39,7 +40,12 @@ up: $(STAMP)
 down:
 	@$(BIN)/python -m renkei.local_airflow --work $(DEMO) --down
 
-test: $(STAMP)
+# Dependency audit (tools/dep_audit.py): pip-audit on the pinned lock file; fails on any known
+# vulnerability not listed with a reason in config/pip-audit-ignore.txt.
+lint: $(STAMP)
+	@$(BIN)/python tools/dep_audit.py --ignore-file config/pip-audit-ignore.txt --pip-audit $(BIN)/pip-audit
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

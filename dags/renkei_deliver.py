@@ -9,6 +9,8 @@ Returns counts only (renkei.delivery.deliver).
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
@@ -26,7 +28,9 @@ from renkei.assets import OUTBOX_NOTICES
     doc_md=__doc__,
 )
 def deliver_notices():
-    @task
+    # Production runs delivery on its own Celery queue, on workers inside the registry boundary
+    # (the only ones holding contacts); docker-compose.yaml sets RENKEI_DELIVERY_QUEUE=delivery.
+    @task(queue=os.environ.get("RENKEI_DELIVERY_QUEUE", "default"))
     def send_notices() -> dict:
         from datetime import datetime, timezone
 

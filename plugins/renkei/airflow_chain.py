@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415 - after env is set
 
+    from renkei.logsetup import install  # noqa: PLC0415
+
+    install()  # dag.test() runs tasks in this process: Airflow's task-log hook does not apply here
+
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         for path, err in bag.import_errors.items():

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from renkei.logsetup import install_cli  # noqa: PLC0415 - masks personal data in what the CLI logs
+
+    install_cli()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -39,6 +39,7 @@ class Source:
     max_failure_rate: float
     min_failures_to_halt: int
     chunk_rows: int
+    validate_chunk_rows: int
     sweep_cron: str
     quarantine_fail_safe: str | None = None  # staged column set when an update of a record is rejected
 
@@ -112,6 +113,7 @@ def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
             quarantine_fail_safe=spec.get("quarantine_fail_safe"),
             sweep_cron=str(spec.get("sweep_cron", defaults.get("sweep_cron", "*/5 * * * *"))),
             chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
+            validate_chunk_rows=int(spec.get("validate_chunk_rows", defaults.get("validate_chunk_rows", 200000))),
         )
         if src.quarantine_fail_safe and src.quarantine_fail_safe not in src.extract_columns:
             raise ConfigError(f"{where}.quarantine_fail_safe: {src.quarantine_fail_safe!r} is not a column of the source")

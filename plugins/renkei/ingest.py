@@ -5,36 +5,39 @@
 2. :func:`validate` runs the source's GX suite (and a set-based duplicate-key check over the
    whole batch) and marks each failing landing row with its quarantine reason. Above the
    source's ``max_failure_rate`` it raises :class:`ValidationFailed`: nothing is loaded.
-3. :func:`load` converts department pseudonyms to ERKs in memory, upserts passing rows into
-   ``staging_<source>``, upserts failing rows into ``quarantine``, advances the watermark and
-   clears the landing rows — all in one transaction, so a crash leaves no half state.
+3. :func:`load` converts the batch's distinct department pseudonyms to ERKs in memory (into a
+   temporary table), then upserts passing rows into ``staging_<source>`` and failing rows into
+   ``quarantine`` with INSERT … SELECT, advances the watermark and clears the landing rows —
+   all in one transaction, so a crash leaves no half state.
 
 Each step returns counts only; rows never leave the databases.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import time
 from collections import Counter
 from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
 from renkei.config import Source
+from renkei.bulk import insert_rows
 from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
 from renkei.keys.rotation import hold_link_key
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
+    as_date,
     engine,
     ensure_schema,
     extract_table,
     ingest_runs,
     landing_table,
     quarantine,
+    row_digest,
     staging_key,
     staging_table,
     upsert,
@@ -49,10 +52,9 @@ def _now() -> str:
     return format_timestamp(datetime.now(timezone.utc))
 
 
-def row_hash(row: dict) -> str:
-    """Digest of a pseudonymized row's content (bookkeeping columns excluded)."""
-    content = {k: v for k, v in row.items() if k not in BOOKKEEPING}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+def content_columns(source: Source) -> list[str]:
+    """The landing columns a row's digest covers (bookkeeping columns excluded), in table order."""
+    return [c.name for c in landing_table(source).columns if c.name not in BOOKKEEPING]
 
 
 def _record_run(conn: sa.Connection, source: str, run_id: str, **fields) -> None:
@@ -75,6 +77,8 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
     if wm is not None:
         query = query.where(sa.or_(xt.c.updated_at >= wm, xt.c.updated_at.is_(None)))
     read, newest = 0, wm
+    columns = [c.name for c in xt.columns]
+    stamp = columns.index("updated_at")
     with wh.begin() as wconn:
         wconn.execute(land.delete().where(land.c.run_id == run_id))
         if not sa.inspect(src_eng).has_table(xt.name):
@@ -84,14 +88,11 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
             )
         with src_eng.connect() as sconn:
             result = sconn.execute(query, execution_options={"yield_per": source.chunk_rows})
-            for part in result.mappings().partitions():
-                rows = [{**r, "run_id": run_id} for r in part]
-                wconn.execute(land.insert(), rows)
-                read += len(rows)
-                for r in rows:
-                    ts = r.get("updated_at")
-                    if ts is not None and (newest is None or ts > newest):
-                        newest = ts
+            for part in result.partitions():
+                read += insert_rows(wconn, land, ["run_id", *columns], [(run_id, *r) for r in part])
+                latest = max((r[stamp] for r in part if r[stamp] is not None), default=None)
+                if latest is not None and (newest is None or latest > newest):
+                    newest = latest
         _record_run(wconn, source.name, run_id, read=read, watermark_from=wm, watermark_to=newest, state="extracted")
     src_eng.dispose()
     wh.dispose()
@@ -128,7 +129,7 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
     evaluated = 0
     with wh.connect() as conn:
         query = sa.select(*[land.c[c] for c in data_cols]).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
+        result = conn.execute(query, execution_options={"yield_per": source.validate_chunk_rows})
         for part in result.partitions():
             frame = pd.DataFrame([tuple(r) for r in part], columns=data_cols, dtype=object)
             outcome = validate_frame(source.name, frame, settings.expectations_dir)
@@ -140,10 +141,6 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             failures.setdefault(row, []).append(RowFailure("expect_column_values_to_be_unique", source.key))
     reasons = {row: quarantine_reason(f) for row, f in failures.items()}
     by_reason = Counter(r for reason in reasons.values() for r in reason.split("; "))
-    with wh.connect() as conn:
-        known = _already_quarantined(conn, source, land, run_id, set(reasons))
-    new_failures = len(reasons) - len(known)
-    halt = _halts(source, new_failures, evaluated - len(known))
     with wh.begin() as conn:
         conn.execute(land.update().where(land.c.run_id == run_id).values(quarantine_reason=None))
         if reasons:
@@ -153,15 +150,18 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
                 .values(quarantine_reason=sa.bindparam("b_reason"))
             )
             conn.execute(stmt, [{"b_row": row, "b_reason": reason} for row, reason in reasons.items()])
+        known = _already_quarantined(conn, source, land, run_id) if reasons else 0
+        new_failures = len(reasons) - known
+        halt = _halts(source, new_failures, evaluated - known)
         state = "failed" if halt else "validated"
         _record_run(conn, source.name, run_id, read=evaluated, failed=len(reasons), state=state)
     wh.dispose()
-    summary = {"evaluated": evaluated, "failed": len(reasons), "already_quarantined": len(known),
+    summary = {"evaluated": evaluated, "failed": len(reasons), "already_quarantined": known,
                "reasons": dict(by_reason.most_common())}
     log.info("validate %s: %d of %d rows fail, %d of them already quarantined (%s)",
-             source.name, len(reasons), evaluated, len(known), summary["reasons"])
+             source.name, len(reasons), evaluated, known, summary["reasons"])
     if halt:
-        fresh = evaluated - len(known)
+        fresh = evaluated - known
         raise ValidationFailed(
             f"{source.name}: {new_failures} of {fresh} new rows ({new_failures / fresh:.1%}) fail validation, above "
             f"the limit {source.max_failure_rate:.1%}; nothing was loaded. Reasons: {summary['reasons']}. "
@@ -182,45 +182,27 @@ def _halts(source: Source, new_failures: int, fresh_rows: int) -> bool:
     return new_failures / fresh_rows > source.max_failure_rate
 
 
-def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, rows: set[int]) -> set[int]:
-    """Failing rows identical to a row quarantined before (e.g. re-read because their
-    timestamp is missing): known failures, not evidence of a new problem."""
-    if not rows:
-        return set()
-    cols = [c for c in land.columns if c.name != "quarantine_reason"]
-    hashes: dict[str, int] = {}
-    for part in _chunks(sorted(rows), 1000):
-        q = sa.select(*cols).where(land.c.run_id == run_id, land.c.source_row.in_(part))
-        for r in conn.execute(q).mappings():
-            hashes[row_hash(dict(r))] = r["source_row"]
-    known: set[int] = set()
-    for part in _chunks(list(hashes), 1000):
-        q = sa.select(quarantine.c.row_hash).where(quarantine.c.source == source.name, quarantine.c.row_hash.in_(part))
-        known.update(hashes[h] for h in conn.execute(q).scalars())
-    return known
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _to_date(value: str | None) -> date | None:
-    return None if value is None else date.fromisoformat(value)
+def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, run_id: str) -> int:
+    """How many of the batch's failing rows are identical to a row quarantined before (e.g.
+    re-read because their timestamp is missing): known failures, not evidence of a new problem."""
+    seen = sa.exists().where(quarantine.c.source == source.name, quarantine.c.row_hash == _digest(land, source))
+    return conn.execute(
+        sa.select(sa.func.count()).where(land.c.run_id == run_id, land.c.quarantine_reason.is_not(None), seen)
+    ).scalar_one()
 
 
 def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None = None) -> dict:
     """Load validated rows into staging and rejected rows into quarantine, atomically.
 
-    Returns {"read", "loaded", "quarantined", "watermark"}; read = loaded + quarantined.
+    Set-based: only the batch's distinct pseudonyms pass through Python (to be re-sealed as
+    ERKs, in memory); staging and quarantine are filled by INSERT … SELECT from landing.
+    Returns {"read", "loaded", "quarantined", "watermark", "convert_s"}; read = loaded +
+    quarantined; convert_s = seconds spent converting pseudonyms, the rest is database work.
     """
     settings = settings or Settings.from_env()
     wh = engine(settings.warehouse_url)
     land = landing_table(source)
     stage = staging_table(source)
-    date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
-    key = staging_key(source)
-    loaded = quarantined = unopened = retired = 0
     now = _now()
     with wh.begin() as conn:
         hold_link_key(conn, ring)  # refuses while the warehouse's ERKs are re-sealed (renkei.keys.rotation)
@@ -234,39 +216,16 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"{source.name}: run {run_id} is not validated (state {state.state if state else 'missing'}): "
                 f"run the validate step first"
             )
-        query = sa.select(land).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
-        for part in result.mappings().partitions():
-            good: list[dict] = []
-            bad: list[dict] = []
-            for r in part:
-                row = dict(r)
-                reason = row.pop("quarantine_reason")
-                digest = row_hash(row)
-                staged: dict | None = None
-                if reason is None:
-                    try:
-                        staged = _stage_row(source, ring, row, date_cols)
-                    except _BadPseudonym as exc:
-                        reason = f"{exc.reason}:{exc.column}"
-                        unopened += 1
-                        retired += exc.reason == "pseudonym_key_retired"
-                if staged is not None:
-                    staged.update(row_hash=digest, loaded_run_id=run_id)
-                    good.append(staged)
-                else:
-                    record_key = row.get(source.key) if source.key != "dept_pseudonym" else None
-                    bad.append({
-                        "source": source.name, "row_hash": digest, "source_row": row["source_row"],
-                        "record_key": record_key, "reason": reason, "first_run_id": run_id,
-                        "last_run_id": run_id, "quarantined_at": now,
-                    })
-            _upsert_staging(conn, stage, key, good)
-            if bad:
-                _upsert_quarantine(conn, bad)
-                _fail_safe(conn, source, stage, bad, now)
-            loaded += len(good)
-            quarantined += len(bad)
+        this_run = land.c.run_id == run_id
+        erks = _erk_map(conn, source)
+        t = time.perf_counter()
+        opened = _convert_pseudonyms(conn, source, ring, land, this_run, erks)
+        convert_s = time.perf_counter() - t
+        unopened, retired = _reject_unopened(conn, land, this_run, erks)
+        passing = sa.and_(this_run, land.c.quarantine_reason.is_(None))
+        failing = sa.and_(this_run, land.c.quarantine_reason.is_not(None))
+        loaded = conn.execute(sa.select(sa.func.count()).where(passing)).scalar_one()
+        quarantined = conn.execute(sa.select(sa.func.count()).where(failing)).scalar_one()
         if _halts(source, unopened, loaded + quarantined):
             # A wrong keyring fails every row alike: quarantining them all and advancing the
             # watermark would lose the batch. Raising rolls the whole load back.
@@ -277,81 +236,168 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"sealed with a retired key version: for those the department re-exports with `renkei pseudonymize` "
                 f"under the current version (`renkei keys status`)."
             )
+        _insert_staging(conn, source, land, stage, erks, passing, run_id)
+        if quarantined:
+            _insert_quarantine(conn, source, land, failing, run_id, now)
+            _fail_safe(conn, source, stage, land, failing, now)
+        erks.drop(conn)
         watermark = state.watermark_to
         if watermark is not None:
             upsert(conn, watermarks, [{"source": source.name, "updated_at": watermark, "run_id": run_id}])
-        conn.execute(land.delete().where(land.c.run_id == run_id))
+        conn.execute(land.delete().where(this_run))
         _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, state="loaded")
     wh.dispose()
-    log.info("load %s: %d loaded, %d quarantined, watermark %s", source.name, loaded, quarantined, watermark)
-    return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark}
+    log.info("load %s: %d loaded, %d quarantined (%d pseudonyms converted in %.1fs), watermark %s",
+             source.name, loaded, quarantined, opened, convert_s, watermark)
+    return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark,
+            "convert_s": round(convert_s, 3)}
 
 
-class _BadPseudonym(Exception):
-    """A pseudonym of a row does not open; `column` names which one (for the quarantine reason)."""
-
-    def __init__(self, column: str, reason: str = "pseudonym_does_not_authenticate") -> None:
-        super().__init__(column)
-        self.column = column
-        self.reason = reason
+PSEUDONYM_COLUMNS = ("dept_pseudonym", "household_pseudonym")  # department-sealed, re-sealed as ERKs
+UNOPENED = "pseudonym_does_not_authenticate"
+UNOPENED_RETIRED = "pseudonym_key_retired"
 
 
-def _reseal(source: Source, ring: KeyRing, column: str, token: str) -> str:
-    try:
-        return ring.reseal(source.key_purpose, token, "link")
-    except KeyRetired:
-        raise _BadPseudonym(column, "pseudonym_key_retired") from None
-    except KeyRingError:
-        raise _BadPseudonym(column) from None
+def _erk_map(conn: sa.Connection, source: Source) -> sa.Table:
+    """A temporary table: department pseudonym → ERK, or the reason it does not open."""
+    table = sa.Table(
+        f"tmp_erks_{source.name}", sa.MetaData(),
+        sa.Column("token", sa.Text, primary_key=True),
+        sa.Column("erk", sa.String(120)),
+        sa.Column("reason", sa.String(64)),  # pseudonym_does_not_authenticate | pseudonym_key_retired
+        prefixes=["TEMPORARY"],
+    )
+    table.drop(conn, checkfirst=True)
+    table.create(conn)
+    return table
 
 
-def _stage_row(source: Source, ring: KeyRing, row: dict, date_cols: set[str]) -> dict:
-    out: dict = {}
-    for col, value in row.items():
-        if col in ("run_id", "source_row", "parse_errors"):
+def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, this_run, erks: sa.Table) -> int:
+    """Re-seal each distinct pseudonym of the batch's passing rows under the link key (the
+    plaintext exists only inside ``KeyRing.reseal``); returns how many were converted."""
+    columns = [land.c[c] for c in PSEUDONYM_COLUMNS if c in land.c]
+    if not columns:  # a source without personal data
+        return 0
+    selects = [
+        sa.select(col.label("token")).where(this_run, land.c.quarantine_reason.is_(None), col.is_not(None)).distinct()
+        for col in columns
+    ]
+    tokens = (sa.union(*selects) if len(selects) > 1 else selects[0]).subquery()
+    result = conn.execute(sa.select(tokens.c.token), execution_options={"yield_per": source.chunk_rows})
+    n = 0
+    for part in result.scalars().partitions():
+        rows = []
+        for token in part:
+            try:
+                rows.append((token, ring.reseal(source.key_purpose, token, "link"), None))
+            except KeyRetired:
+                rows.append((token, None, UNOPENED_RETIRED))
+            except KeyRingError:
+                rows.append((token, None, UNOPENED))
+        n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
+    return n
+
+
+def _reject_unopened(conn: sa.Connection, land: sa.Table, this_run, erks: sa.Table) -> tuple[int, int]:
+    """Give passing rows whose pseudonym did not open (or is missing) their quarantine reason;
+    returns (rows rejected, of which sealed with a retired key version)."""
+    unopened = retired = 0
+    for column in PSEUDONYM_COLUMNS:
+        if column not in land.c:
             continue
-        if col == "dept_pseudonym":
-            out["erk"] = _reseal(source, ring, col, value)
-        elif col == "household_pseudonym":
-            out["household_key"] = None if value is None else _reseal(source, ring, col, value)
-        elif col in date_cols:
-            out[col] = _to_date(value)
+        col = land.c[column]
+        for reason in (UNOPENED_RETIRED, UNOPENED):
+            bad = col.in_(sa.select(erks.c.token).where(erks.c.reason == reason))
+            if column == "dept_pseudonym" and reason == UNOPENED:
+                bad = sa.or_(bad, col.is_(None))
+            n = conn.execute(
+                land.update().where(this_run, land.c.quarantine_reason.is_(None), bad)
+                .values(quarantine_reason=f"{reason}:{column}")
+            ).rowcount
+            unopened += n
+            retired += n if reason == UNOPENED_RETIRED else 0
+    return unopened, retired
+
+
+def _digest(land: sa.Table, source: Source):
+    return row_digest(*[land.c[c] for c in content_columns(source)])
+
+
+def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks: sa.Table, passing, run_id: str) -> None:
+    """Upsert the passing rows into staging with their ERKs, typed dates and digests."""
+    date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
+    dept = erks.alias("dept_erk") if "dept_pseudonym" in land.c else None
+    household = erks.alias("household_erk") if "household_pseudonym" in land.c else None
+    values: dict[str, sa.ColumnElement] = {}
+    for c in stage.columns:
+        if c.name == "erk":
+            values[c.name] = dept.c.erk
+        elif c.name == "household_key":
+            values[c.name] = household.c.erk
+        elif c.name == "row_hash":
+            values[c.name] = _digest(land, source)
+        elif c.name == "loaded_run_id":
+            values[c.name] = sa.literal(run_id, sa.String(250))
+        elif c.name in date_cols:
+            values[c.name] = as_date(land.c[c.name])
         else:
-            out[col] = value
-    return out
+            values[c.name] = land.c[c.name]
+    joined = land if dept is None else land.join(dept, dept.c.token == land.c.dept_pseudonym)
+    if household is not None:
+        joined = joined.outerjoin(household, household.c.token == land.c.household_pseudonym)
+    key = values[staging_key(source)]
+    query = sa.select(*[v.label(k) for k, v in values.items()]).select_from(joined).where(passing)
+    # Two passing rows of one batch may share a staging key only if they passed uniqueness on
+    # different keys (e.g. two department pseudonyms of one resident during a key's grace
+    # period): the later row wins, as it would across runs.
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import distinct_on  # noqa: PLC0415
+
+        query = query.ext(distinct_on(key)).order_by(key, land.c.source_row.desc())
+    else:  # SQLite applies the rows in order, so the later row's update wins
+        query = query.order_by(land.c.source_row)
+    insert = _dialect_insert(conn)(stage).from_select(list(values), query)
+    pk = [c.name for c in stage.primary_key.columns]
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=pk, set_={k: insert.excluded[k] for k in values if k not in pk}))
 
 
-def _upsert_staging(conn: sa.Connection, stage: sa.Table, key: str, rows: list[dict]) -> None:
-    # Two rows of one batch may name the same staging key only if they passed uniqueness on
-    # different keys (e.g. two dept pseudonyms of one resident after a key rotation): the
-    # later row wins, as it would across runs.
-    deduped = {r[key]: r for r in rows}
-    upsert(conn, stage, list(deduped.values()))
+def _dialect_insert(conn: sa.Connection):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # noqa: PLC0415
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # noqa: PLC0415
+    return insert
 
 
-def _fail_safe(conn: sa.Connection, source: Source, stage: sa.Table, bad: list[dict], now: str) -> None:
+def _insert_quarantine(conn, source: Source, land: sa.Table, failing, run_id: str, now: str) -> None:
+    """Insert the failing rows into quarantine; a row seen before only records this run."""
+    digest = _digest(land, source)
+    record_key = land.c[source.key] if source.key != "dept_pseudonym" else sa.null()
+    query = sa.select(
+        sa.literal(source.name, sa.String(64)), digest, land.c.source_row, record_key, land.c.quarantine_reason,
+        sa.literal(run_id, sa.String(250)), sa.literal(run_id, sa.String(250)), sa.literal(now, sa.String(32)),
+    ).where(failing)
+    cols = ["source", "row_hash", "source_row", "record_key", "reason", "first_run_id", "last_run_id", "quarantined_at"]
+    insert = _dialect_insert(conn)(quarantine).from_select(cols, query)
+    conn.execute(insert.on_conflict_do_nothing(index_elements=["source", "row_hash"]))
+    conn.execute(
+        quarantine.update()
+        .where(quarantine.c.source == source.name, quarantine.c.row_hash.in_(sa.select(digest).where(failing)))
+        .values(last_run_id=run_id)
+    )
+
+
+def _fail_safe(conn: sa.Connection, source: Source, stage: sa.Table, land: sa.Table, failing, now: str) -> None:
     """Apply the source's ``quarantine_fail_safe``: a rejected update of a known record sets a
     column on its staged row (e.g. subscriptions: opted_out_at) — an unreadable opt-out must stop
     notices, not leave the old opt-in active until the department fixes the row."""
     column = source.quarantine_fail_safe
-    keys = [r["record_key"] for r in bad if r["record_key"] is not None]
-    if not column or not keys:
+    if not column or source.key == "dept_pseudonym":
         return
+    keys = sa.select(land.c[source.key]).where(failing, land.c[source.key].is_not(None))
     conn.execute(
         stage.update()
         .where(stage.c[source.key].in_(keys), stage.c[column].is_(None))
         .values({column: now})
     )
-
-
-def _upsert_quarantine(conn: sa.Connection, rows: list[dict]) -> None:
-    """Insert new quarantine rows; a row seen again only records the latest run."""
-    deduped = {(r["source"], r["row_hash"]): r for r in rows}
-    rows = list(deduped.values())
-    upsert(conn, quarantine, rows, update=False)
-    stmt = (
-        quarantine.update()
-        .where(quarantine.c.source == sa.bindparam("b_source"), quarantine.c.row_hash == sa.bindparam("b_hash"))
-        .values(last_run_id=sa.bindparam("b_run"))
-    )
-    conn.execute(stmt, [{"b_source": r["source"], "b_hash": r["row_hash"], "b_run": r["last_run_id"]} for r in rows])

@@ -52,6 +52,11 @@ def airflow_env(work: Path, warehouse_url: str, extracts_url: str, keyring: Path
         ENV_PATH: str(keyring),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
     })
+    # Task logs: Airflow adds renkei.logsetup's masking processor to every task process and
+    # to the supervisor that writes the log file.
+    from renkei.logsetup import AIRFLOW_ENV  # noqa: PLC0415
+
+    env.update(AIRFLOW_ENV)
     env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
     if "RENKEI_AIRFLOW_DB_URL" in os.environ:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = os.environ["RENKEI_AIRFLOW_DB_URL"]

@@ -9,6 +9,7 @@ outbox. The same metadata runs on SQLite (embedded default) and PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -55,6 +56,7 @@ def extract_table(source: Source, md: sa.MetaData) -> sa.Table:
         sa.Column("source_row", sa.Integer, primary_key=True),
         *_extract_like_columns(source, as_landing=True),
         sa.Column("parse_errors", sa.Text),
+        sa.Index(f"ix_{name}_updated_at", "updated_at"),  # incremental pulls read by watermark
     )
 
 
@@ -216,6 +218,7 @@ def engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            dbapi_conn.create_function("renkei_row_digest", -1, _sqlite_row_digest, deterministic=True)
 
         return eng
     return sa.create_engine(url, pool_pre_ping=True)
@@ -266,6 +269,64 @@ def _yyyymmdd_sqlite(element, compiler, **kw):  # noqa: ANN001
 @compiles(yyyymmdd, "postgresql")
 def _yyyymmdd_pg(element, compiler, **kw):  # noqa: ANN001
     return "CAST(to_char(%s, 'YYYYMMDD') AS INTEGER)" % compiler.process(element.clauses, **kw)
+
+
+class row_digest(FunctionElement):
+    """SHA-256 (hex) of a row's values, computed by the database (quarantine and staging
+    ``row_hash``): of the row's PostgreSQL record text ``(v1,v2,…)``, which SQLite reproduces
+    in Python, so a row digests alike on every engine."""
+
+    type = sa.String(64)
+    inherit_cache = True
+
+
+_RECORD_SPECIAL = frozenset('"\\(),') | frozenset(" \t\n\v\f\r")
+
+
+def record_text(values) -> str:
+    """A row as PostgreSQL's record output writes it (NULL empty; quoted when needed)."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append("")
+            continue
+        text = str(v)
+        if text == "" or any(ch in _RECORD_SPECIAL for ch in text):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
+        out.append(text)
+    return "(" + ",".join(out) + ")"
+
+
+def _sqlite_row_digest(*values) -> str:  # registered on every SQLite connection by engine()
+    return hashlib.sha256(record_text(values).encode("utf-8")).hexdigest()
+
+
+@compiles(row_digest, "sqlite")
+def _row_digest_sqlite(element, compiler, **kw):  # noqa: ANN001
+    return "renkei_row_digest(%s)" % compiler.process(element.clauses, **kw)
+
+
+@compiles(row_digest, "postgresql")
+def _row_digest_pg(element, compiler, **kw):  # noqa: ANN001
+    # ROW(...)::text quotes values and marks NULLs, so different rows never encode alike.
+    return "encode(sha256(convert_to(CAST(ROW(%s) AS TEXT), 'UTF8')), 'hex')" % compiler.process(element.clauses, **kw)
+
+
+class as_date(FunctionElement):
+    """An ISO 'YYYY-MM-DD' text as a date column value (SQLite keeps dates as that text)."""
+
+    type = sa.Date()
+    inherit_cache = True
+
+
+@compiles(as_date, "sqlite")
+def _as_date_sqlite(element, compiler, **kw):  # noqa: ANN001
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(as_date, "postgresql")
+def _as_date_pg(element, compiler, **kw):  # noqa: ANN001
+    return "CAST(%s AS DATE)" % compiler.process(element.clauses, **kw)
 
 
 # The change channel for setups without Redis (renkei.events, kind changelog_table).
@@ -373,4 +434,53 @@ key_rotations = sa.Table(
     sa.Column("started_at", TS, nullable=False),
     sa.Column("finished_at", TS),
     sa.Column("audit_seq", sa.Integer),  # the key_rotation entry of the audit trail
+)
+
+
+# Incremental link and services (renkei.linkage.changes): bookkeeping of ids, dates and counts.
+# Each mart build is one `link_builds` row (seq 1, 2, …); `link_consumed` names the ingest runs
+# (run, source, the run's updated_at) whose staging rows a build took in; `mart_changes` the ERKs
+# an incremental build rebuilt, which the next services run evaluates. `services_runs` records
+# each complete services evaluation (its date, the last build it saw, a digest of the events
+# calendar) and `services_held` the ERKs the audit held back then.
+link_builds = sa.Table(
+    "link_builds", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("grace_days", sa.Integer, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),  # full | incremental
+    sa.Column("residents_touched", sa.Integer, nullable=False),
+    sa.Column("built_at", TS, nullable=False),
+)
+
+link_consumed = sa.Table(
+    "link_consumed", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("updated_at", TS, primary_key=True),  # ingest_runs.updated_at: a re-load is a new run
+    sa.Column("build_seq", sa.Integer, nullable=False),
+)
+
+mart_changes = sa.Table(
+    "mart_changes", metadata,
+    sa.Column("build_seq", sa.Integer, primary_key=True),
+    sa.Column("erk", sa.String(120), primary_key=True),
+)
+
+services_runs = sa.Table(
+    "services_runs", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("link_seq", sa.Integer, nullable=False),  # the last mart build evaluated (0: none)
+    sa.Column("events_digest", sa.String(64), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),  # full | incremental
+    sa.Column("residents_touched", sa.Integer, nullable=False),
+    sa.Column("evaluated_at", TS, nullable=False),
+)
+
+services_held = sa.Table(
+    "services_held", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
 )

@@ -78,3 +78,76 @@ def test_a_broken_format_string_is_still_logged_masked():
     logger.handlers[0].addFilter(RedactingFilter())
     logger.info("code %s %s", "12345678901")  # one argument short
     assert "12345678901" not in stream.getvalue() and RESIDENT_CODE in stream.getvalue()
+
+
+# -- renkei.logsetup: the structlog processor and where it is installed ----------------------
+
+def test_redact_event_masks_every_value_and_a_console_traceback():
+    from renkei.logsetup import redact_event
+
+    try:
+        raise ValueError("duplicate key (resident_code)=(98765432109)")
+    except ValueError as exc:
+        event = redact_event(None, "error", {
+            "event": "insert failed for 山田 太郎", "row": {"code": 12345678901, "mail": ["a@b.jp"]},
+            "count": 3, "exc_info": exc,
+        })
+    assert event["event"] == f"insert failed for {NAME}"
+    assert event["row"] == {"code": RESIDENT_CODE, "mail": [EMAIL]} and event["count"] == 3
+    assert "exc_info" not in event and "Traceback" in event["exception"]
+    assert "98765432109" not in event["exception"] and RESIDENT_CODE in event["exception"]
+
+
+def test_redact_event_masks_a_json_traceback_dict():
+    from renkei.logsetup import redact_event
+
+    event = redact_event(None, "error", {"event": "Task failed with exception", "exception": [
+        {"exc_type": "RenkeiError", "exc_value": "bad row 98765432109", "frames": [{"lineno": 3}]}]})
+    assert event["exception"][0]["exc_value"] == f"bad row {RESIDENT_CODE}"
+    assert event["exception"][0]["frames"] == [{"lineno": 3}]
+
+
+def test_install_puts_the_processor_into_a_live_structlog_chain_once():
+    structlog = pytest.importorskip("structlog")
+    from renkei.logsetup import install, redact_event
+
+    saved = structlog.get_config()
+    out = io.StringIO()
+    try:
+        structlog.configure(processors=[structlog.processors.KeyValueRenderer(key_order=["event"])],
+                            logger_factory=structlog.PrintLoggerFactory(out), cache_logger_on_first_use=True)
+        cached = structlog.get_logger("renkei.test_redaction.sl")
+        cached.info("before 12345678901")  # cached on first use, before install
+        install()
+        install()
+        assert structlog.get_config()["processors"].count(redact_event) == 1
+        cached.info("after 12345678902", mail="a@b.jp")
+        lines = out.getvalue().splitlines()
+        assert "12345678901" in lines[0]  # the control: unmasked without the processor
+        assert "12345678902" not in lines[1] and RESIDENT_CODE in lines[1] and EMAIL in lines[1]
+    finally:
+        structlog.configure(**{k: v for k, v in saved.items() if k in (
+            "processors", "logger_factory", "wrapper_class", "context_class", "cache_logger_on_first_use")})
+
+
+def test_airflow_logging_config_is_airflows_default_and_hooks_the_processor():
+    pytest.importorskip("airflow")
+    import renkei.logsetup as logsetup
+    from airflow.config_templates.airflow_local_settings import DEFAULT_LOGGING_CONFIG
+
+    assert logsetup.LOGGING_CONFIG == DEFAULT_LOGGING_CONFIG and logsetup.LOGGING_CONFIG is not DEFAULT_LOGGING_CONFIG
+    assert logsetup.REMOTE_TASK_LOG.processors == (logsetup.redact_event,)
+    assert logsetup.REMOTE_TASK_LOG.read("x.log", None) == ([], [])  # nothing remote: the UI reads the local file
+    module, attr = logsetup.AIRFLOW_ENV["AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS"].rsplit(".", 1)
+    assert module == logsetup.__name__ and attr == "LOGGING_CONFIG"
+
+
+def test_the_cli_installs_it_at_startup():
+    """`renkei …` (cli.main) installs the masking before it parses: warnings reach stderr masked."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom renkei import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "logging.getLogger('renkei.x.y').warning('row %s failed', '12345678901')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stderr.strip().splitlines()[-1] == f"row {RESIDENT_CODE} failed"

@@ -43,7 +43,7 @@ class ChangeStreamTrigger(BaseEventTrigger):
         self,
         source: str,
         kind: str = "redis_stream",
-        redis_url: str = DEFAULT_REDIS_URL,
+        redis_url: str | None = None,
         group: str = "renkei-airflow",
         consumer: str = "triggerer",
         block_ms: int = 5000,
@@ -60,6 +60,9 @@ class ChangeStreamTrigger(BaseEventTrigger):
             raise ConfigError("ChangeStreamTrigger: source is empty: name the departmental source to watch")
         self.source = source
         self.kind = kind
+        # None: resolved in the triggerer (RENKEI_REDIS_URL or config/channels.yaml). Serialized
+        # trigger arguments are stored unencrypted in Airflow's metadata DB, so a URL with a
+        # password must not travel through them.
         self.redis_url = redis_url
         self.group = group
         self.consumer = consumer
@@ -71,7 +74,7 @@ class ChangeStreamTrigger(BaseEventTrigger):
     def from_config(cls, source: str, channel: ChannelConfig | None = None) -> "ChangeStreamTrigger":
         cfg = channel or load_channel()
         return cls(
-            source=source, kind=cfg.kind, redis_url=cfg.redis_url, group=cfg.group, consumer=cfg.consumer,
+            source=source, kind=cfg.kind, redis_url=None, group=cfg.group, consumer=cfg.consumer,
             block_ms=cfg.block_ms, stream_prefix=cfg.stream_prefix, warehouse_url=cfg.warehouse_url,
         )
 
@@ -125,7 +128,7 @@ class ChangeStreamTrigger(BaseEventTrigger):
         while True:
             # The socket must outlive a blocking XREADGROUP, or every idle block reads as a timeout.
             client = aioredis.Redis.from_url(
-                self.redis_url, socket_timeout=self.block_ms / 1000 + 10, socket_connect_timeout=5
+                self.redis_url or load_channel().redis_url or DEFAULT_REDIS_URL, socket_timeout=self.block_ms / 1000 + 10, socket_connect_timeout=5
             )
             try:
                 await self._ensure_group(client, key)

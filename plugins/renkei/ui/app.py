@@ -1,0 +1,130 @@
+"""The Renkei FastAPI app mounted by the plugin: server-rendered pages over the warehouse.
+
+Every request, on every path (pages, the style sheet, unknown paths), is authenticated first
+and needs read access (renkei.ui.auth); approve/reject also needs edit access and a form token.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Form, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from renkei.errors import RenkeiError
+from renkei.ui import auth, data
+from renkei.ui.plugin import PAGES
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    # Same-origin framing only: the Airflow UI shows these pages in an iframe of its own.
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'",
+}
+COMMENT_MAX = 500
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Renkei", docs_url=None, redoc_url=None, openapi_url=None)
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+
+    def page(request: Request, template: str, code: int = 200, **ctx) -> HTMLResponse:
+        user = request.state.renkei_user
+        base = request.scope.get("root_path", "").rstrip("/")
+        html = env.get_template(template).render(
+            base=base, pages=PAGES, user_name=user.get_name(), current=template.split(".")[0],
+            can_review=auth.allowed(user, auth.REVIEW), **ctx)
+        return HTMLResponse(html, status_code=code)
+
+    def refuse(request: Request, code: int, detail: str) -> Response:
+        if _wants_html(request) and getattr(request.state, "renkei_user", None) is not None:
+            return page(request, "error.html", code=code, message=detail)
+        return JSONResponse({"detail": detail}, status_code=code)
+
+    @app.middleware("http")
+    async def gate(request: Request, call_next):
+        request.state.renkei_user = None
+        try:
+            user = await auth.authenticate(request)
+        except HTTPException as exc:
+            if exc.status_code == 401 and request.method == "GET" and _wants_html(request):  # none or expired
+                response: Response = RedirectResponse(auth.login_url(request), status_code=status.HTTP_303_SEE_OTHER)
+            else:
+                response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        else:
+            # an auth manager may ask a database or an identity provider: not on the event loop
+            if await run_in_threadpool(auth.allowed, user, auth.READ):
+                request.state.renkei_user = user
+                response = await call_next(request)
+            else:
+                response = JSONResponse({"detail": f"Forbidden: reading the Renkei pages needs read access to the "
+                                         f"{auth.GUARD_DAG} Dag"}, status_code=status.HTTP_403_FORBIDDEN)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return refuse(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RenkeiError)
+    async def renkei_error(request: Request, exc: RenkeiError):
+        return refuse(request, status.HTTP_400_BAD_REQUEST, str(exc))
+
+    @app.get("/")
+    def index(request: Request):
+        return RedirectResponse(f"{request.scope.get('root_path', '').rstrip('/')}/runs", status_code=status.HTTP_303_SEE_OTHER)
+
+    @app.get("/static/renkei.css")
+    def css():
+        return Response((HERE / "static" / "renkei.css").read_text(encoding="utf-8"), media_type="text/css")
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs(request: Request):
+        return page(request, "runs.html", report=data.run_report())
+
+    @app.get("/quarantine", response_class=HTMLResponse)
+    def quarantine(request: Request, source: str | None = None, reason: str | None = None,
+                   page_no: int = Query(1, alias="page", ge=1)):
+        return page(request, "quarantine.html", q=data.quarantine_page(source or None, reason or None, page_no))
+
+    @app.get("/review", response_class=HTMLResponse)
+    def review(request: Request, all: bool = False, done: str | None = None):  # noqa: A002 - the query name
+        user = request.state.renkei_user
+        return page(request, "review.html", items=data.review_items(include_resolved=all), show_all=all,
+                    done=done, csrf=auth.csrf_token(user.get_name()))
+
+    @app.post("/review/{item_id}")
+    def review_decide(request: Request, item_id: str, decision: str = Form(...), comment: str = Form(""),
+                      csrf: str = Form("")):
+        user = request.state.renkei_user
+        auth.check_post(request, user.get_name(), csrf)
+        if not auth.allowed(user, auth.REVIEW):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"approving or rejecting needs edit access to the {auth.GUARD_DAG} Dag; ask an admin")
+        if len(comment) > COMMENT_MAX:
+            raise RenkeiError(f"review item {item_id}: the comment is longer than {COMMENT_MAX} characters: shorten it")
+        item = data.decide(item_id, decision, user.get_name(), comment)
+        log.info("renkei ui: review item %s %s by %s", item["item_id"], item["state"], item["decided_by"])
+        base = request.scope.get("root_path", "").rstrip("/")
+        return RedirectResponse(f"{base}/review?done={item['item_id']}", status_code=status.HTTP_303_SEE_OTHER)
+
+    @app.get("/notices", response_class=HTMLResponse)
+    def notices(request: Request, service: str | None = None, kind: str | None = None,
+                page_no: int = Query(1, alias="page", ge=1)):
+        return page(request, "notices.html", q=data.notices_page(service or None, kind or None, page_no))
+
+    @app.get("/notices/{notice_id}", response_class=HTMLResponse)
+    def notice(request: Request, notice_id: str):
+        return page(request, "notice.html", x=data.explain(notice_id))
+
+    return app

@@ -1,0 +1,135 @@
+"""What the pages show, read from the warehouse: pseudonymous fields and counts only.
+
+Review decisions go through ``renkei.linkage.review`` (the same functions as `renkei review`),
+so the UI's decisions land in the queue and the audit trail exactly as the CLI's do.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from renkei.errors import RenkeiError
+from renkei.settings import Settings
+from renkei.warehouse import engine, ensure_schema, ingest_runs, notices, quarantine, watermarks
+
+PAGE_SIZE = 50
+
+
+def warehouse_url() -> str:
+    return Settings.from_env().warehouse_url
+
+
+@lru_cache(maxsize=4)
+def _engine(url: str) -> sa.Engine:
+    eng = engine(url)
+    ensure_schema(eng)
+    return eng
+
+
+def _rows(query) -> list[dict]:
+    with _engine(warehouse_url()).connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def short(value: str | None, width: int = 24) -> str:
+    """A pseudonym cut to ``width`` characters: enough to tell rows apart on a page."""
+    if value is None:
+        return ""
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def run_report() -> dict:
+    """Per source: the latest run and its counts, the watermark, and the last runs."""
+    r = ingest_runs.c
+    latest = sa.select(r.source, sa.func.max(r.updated_at).label("at")).group_by(r.source).subquery()
+    last = sa.select(ingest_runs).join(latest, sa.and_(r.source == latest.c.source, r.updated_at == latest.c.at))
+    totals = (sa.select(r.source, sa.func.count().label("runs"), sa.func.sum(r.read).label("read"),
+                        sa.func.sum(r.loaded).label("loaded"), sa.func.sum(r.quarantined).label("quarantined"))
+              .group_by(r.source))
+    marks = {m["source"]: m for m in _rows(sa.select(watermarks))}
+    by_source = {t["source"]: {**t, "last": None, "watermark": marks.get(t["source"])} for t in _rows(totals)}
+    for row in _rows(last.order_by(r.source)):
+        by_source[row["source"]]["last"] = row
+    recent = _rows(sa.select(ingest_runs).order_by(r.updated_at.desc(), r.source).limit(PAGE_SIZE))
+    return {"sources": [by_source[k] for k in sorted(by_source)], "recent": recent}
+
+
+def quarantine_page(source: str | None, reason: str | None, page: int) -> dict:
+    """Counts by source and reason, and one page of quarantined rows (row number, key, reason)."""
+    q = quarantine.c
+    counts = _rows(sa.select(q.source, q.reason, sa.func.count().label("rows"))
+                   .group_by(q.source, q.reason).order_by(q.source, sa.func.count().desc(), q.reason))
+    where = [c for c in ((q.source == source) if source else None, (q.reason == reason) if reason else None)
+             if c is not None]
+    total = _rows(sa.select(sa.func.count().label("n")).select_from(quarantine).where(*where))[0]["n"]
+    rows = _rows(sa.select(q.source, q.source_row, q.record_key, q.reason, q.first_run_id, q.last_run_id,
+                           q.quarantined_at).where(*where)
+                 .order_by(q.source, q.source_row, q.row_hash).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE))
+    for row in rows:
+        row["record_key"] = short(row["record_key"])
+    return {"counts": counts, "rows": rows, "total": total, "page": page,
+            "pages": max(1, -(-total // PAGE_SIZE)), "source": source, "reason": reason,
+            "sources": sorted({c["source"] for c in counts})}
+
+
+def review_items(include_resolved: bool) -> list[dict]:
+    from renkei.linkage.review import list_items  # noqa: PLC0415
+
+    items = list_items(warehouse_url(), include_resolved=include_resolved)
+    for it in items:
+        it.pop("erk", None)  # the page never needs the join key
+        it["record_key"] = short(it["record_key"])
+    return items
+
+
+def decide(item_id: str, decision: str, reviewer: str, comment: str) -> dict:
+    """Approve or reject through ``renkei.linkage.review.decide`` (queue + audit trail)."""
+    from renkei.linkage.review import DECISIONS, decide as review_decide  # noqa: PLC0415
+
+    if decision not in DECISIONS:
+        raise RenkeiError(f"review item {item_id}: unknown decision {decision!r}: use {' or '.join(DECISIONS)}")
+    return review_decide(warehouse_url(), item_id, decision, reviewer, comment)
+
+
+def notices_page(service: str | None, kind: str | None, page: int) -> dict:
+    n = notices.c
+    counts = _rows(sa.select(n.service, n.kind, sa.func.count().label("notices"))
+                   .group_by(n.service, n.kind).order_by(n.service, n.kind))
+    where = [c for c in ((n.service == service) if service else None, (n.kind == kind) if kind else None)
+             if c is not None]
+    total = _rows(sa.select(sa.func.count().label("n")).select_from(notices).where(*where))[0]["n"]
+    rows = _rows(sa.select(n.notice_id, n.service, n.kind, n.subject, n.dose_number, n.window_start,
+                           n.window_end, n.evaluated_on, n.rule_id).where(*where)
+                 .order_by(n.evaluated_on.desc(), n.service, n.window_end, n.notice_id)
+                 .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE))
+    return {"counts": counts, "rows": rows, "total": total, "page": page,
+            "pages": max(1, -(-total // PAGE_SIZE)), "service": service, "kind": kind}
+
+
+def explain(notice_id: str) -> dict:
+    """What `renkei explain` shows: rule, window, the facts the rule used, delivery receipts."""
+    from renkei.delivery import receipts  # noqa: PLC0415
+    from renkei.delivery.payload import facts_of  # noqa: PLC0415
+
+    found = _rows(sa.select(notices).where(notices.c.notice_id == notice_id))
+    if not found:
+        raise RenkeiError(f"notice {notice_id} is not in the warehouse: pick one from the notices list")
+    n = found[0]
+    n.pop("erk", None)
+    out = {"notice": n, "facts": facts_of(n), "receipts": None}
+    delivery_url = os.environ.get("RENKEI_DELIVERY_URL")
+    if not delivery_url and os.environ.get("RENKEI_HOME"):
+        delivery_url = f"sqlite:///{Path(os.environ['RENKEI_HOME']).resolve() / 'delivery.db'}"
+    if delivery_url and receipts.exists(delivery_url):
+        dl = engine(delivery_url)
+        try:
+            with dl.connect() as conn:
+                has = sa.inspect(conn).has_table("delivery_receipts")
+                out["receipts"] = receipts.receipts_of(conn, [notice_id]) if has else []
+        finally:
+            dl.dispose()
+    return out

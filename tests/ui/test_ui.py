@@ -1,0 +1,322 @@
+"""The Renkei pages in the Airflow UI, against `make up`'s real Airflow (SimpleAuthManager).
+
+HTTP tests pin the access rules (anonymous, forged and expired tokens, viewer vs reviewer,
+cross-site form posts); the browser test logs in through Airflow's login page in a real
+headless Chromium, opens every Renkei nav page inside the Airflow UI, approves one review item
+and rejects another, and checks the warehouse queue and the audit trail. Screenshots go to
+$RENKEI_ARTIFACTS (default tests/artifacts/ui/). No page may hold a raw name, code or address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ui_stack import REPO, launch, need_tool
+
+pytestmark = [pytest.mark.ui, pytest.mark.airflow]
+
+ARTIFACTS = Path(os.environ.get("RENKEI_ARTIFACTS", REPO / "tests" / "artifacts" / "ui"))
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PAGES = ("runs", "quarantine", "review", "notices")
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with launch(tmp_path_factory.mktemp("ui") / "work") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60, follow_redirects=False) as client:
+        yield client
+
+
+def _a_notice_id(server) -> str:
+    with sqlite3.connect(server.warehouse) as conn:
+        return conn.execute("SELECT notice_id FROM notices ORDER BY notice_id LIMIT 1").fetchone()[0]
+
+
+def _pending(server, n: int) -> list[dict]:
+    items = [r for r in server.review_rows() if r["state"] == "pending" and r["active"]]
+    assert len(items) >= n, f"the demo needs {n} pending review items, has {len(items)}: check ui_stack._seed_findings"
+    return items[:n]
+
+
+def _bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _routes(server) -> list[str]:
+    # (bare "/renkei" is not the app's: Airflow's UI catch-all serves its empty SPA shell there)
+    return ["/renkei/", "/renkei/runs", "/renkei/quarantine?page=1", "/renkei/review?all=true",
+            "/renkei/notices", f"/renkei/notices/{_a_notice_id(server)}", "/renkei/static/renkei.css",
+            "/renkei/no-such-page", "/renkei/docs", "/renkei/openapi.json"]
+
+
+def test_the_plugin_module_stays_light():
+    # Every Airflow component imports it: no FastAPI app, warehouse or renkei.ui.app at import time.
+    code = ("import sys, renkei.ui.plugin as p; "
+            "print(sorted(m for m in ('fastapi', 'renkei.ui.app', 'renkei.warehouse', 'renkei.linkage.review') "
+            "if m in sys.modules)); print(len(p.RenkeiPlugin.external_views))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.split("\n")[:2] == ["[]", "4"]
+
+
+def test_form_tokens_are_bound_to_user_and_time():
+    from renkei.ui.auth import CSRF_TTL_S, csrf_token, csrf_valid
+
+    t0 = 1_750_000_000
+    token = csrf_token("reviewer", now=t0)
+    assert csrf_valid(token, "reviewer", now=t0 + CSRF_TTL_S)
+    assert not csrf_valid(token, "reviewer", now=t0 + CSRF_TTL_S + 1)  # expired
+    assert not csrf_valid(token, "reviewer", now=t0 - 1)  # from the future
+    assert not csrf_valid(token, "viewer", now=t0)  # another user's
+    issued, mac = token.split(".")
+    assert not csrf_valid(f"{int(issued) + 1}.{mac}", "reviewer", now=t0 + 1)  # re-dated
+    assert not csrf_valid("", "reviewer", now=t0) and not csrf_valid("x.y", "reviewer", now=t0)
+
+
+def test_nav_entries_and_app_are_registered(server, http):
+    r = http.get("/api/v2/plugins", headers=_bearer(server.token("viewer")))
+    assert r.status_code == 200, r.text
+    plugin = next(p for p in r.json()["plugins"] if p["name"] == "renkei")
+    assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/renkei"]
+    assert {v["href"] for v in plugin["external_views"]} == {f"renkei/{p}" for p in PAGES}
+    assert {v["destination"] for v in plugin["external_views"]} == {"nav"}
+
+
+def test_anonymous_requests_are_refused_on_every_route(server, http):
+    before = server.review_rows()
+    for route in _routes(server):
+        r = http.get(route, headers={"Accept": "application/json"})
+        assert r.status_code == 401, (route, r.status_code)
+        assert r.json() == {"detail": "Not authenticated"}, route
+        page = http.get(route, headers={"Accept": "text/html"})
+        assert page.status_code == 303, (route, page.status_code)
+        assert page.headers["location"].startswith("/auth/login?next="), route
+        assert "<table" not in page.text
+    item = before[0]["item_id"]
+    r = http.post(f"/renkei/review/{item}", data={"decision": "approved", "comment": "anonymous"})
+    assert r.status_code == 401
+    assert server.review_rows() == before
+
+
+def test_forged_and_expired_tokens_are_refused(server, http):
+    import jwt
+
+    before = server.review_rows()
+    claims = jwt.decode(server.token("admin"), options={"verify_signature": False})
+    expired = jwt.encode({**claims, "iat": int(time.time()) - 7200, "nbf": int(time.time()) - 7200,
+                          "exp": int(time.time()) - 3600}, server.jwt_secret, algorithm="HS512")
+    forged = jwt.encode({**claims, "role": "admin"}, "not-the-server-secret-" * 3, algorithm="HS512")
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    # as a cookie, a browser with an expired session is sent to the login page; a forged one is not
+    for label, token, code, in_browser in (("expired", expired, 401, 303), ("forged", forged, 403, 403),
+                                           ("unsigned", unsigned, 403, 403)):
+        for route in ("/renkei/runs", "/renkei/static/renkei.css"):
+            r = http.get(route, headers=_bearer(token))
+            assert r.status_code == code, (label, route, r.status_code, r.text)
+        http.cookies.set("_token", token)
+        try:
+            r = http.get("/renkei/review", headers={"Accept": "text/html"})
+            assert r.status_code == in_browser, label
+            assert "<table" not in r.text
+            r = http.post(f"/renkei/review/{server.review_rows()[0]['item_id']}", headers={"Origin": server.url},
+                          data={"decision": "approved", "comment": label})
+            assert r.status_code == code, label
+        finally:
+            http.cookies.clear()
+    assert server.review_rows() == before
+
+
+def test_a_viewer_reads_every_page_but_cannot_decide(server, http):
+    token = server.token("viewer")
+    for route in _routes(server)[1:7]:
+        r = http.get(route, headers=_bearer(token))
+        assert r.status_code == 200, (route, r.status_code)
+        assert r.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'self'" in r.headers["content-security-policy"]
+        assert not server.leaks(r.text), route
+    review = http.get("/renkei/review", headers=_bearer(token)).text
+    assert "read only" in review and 'name="decision"' not in review
+    before = server.review_rows()
+    r = http.post(f"/renkei/review/{before[0]['item_id']}", headers=_bearer(token),
+                  data={"decision": "approved", "comment": "viewer tries"})
+    assert r.status_code == 403
+    assert "edit access to the link_residents Dag" in r.text
+    assert server.review_rows() == before
+
+
+def test_a_cookie_post_needs_this_origin_and_the_users_form_token(server, http):
+    item = _pending(server, 1)[0]["item_id"]
+    http.cookies.set("_token", server.token("reviewer"))
+    try:
+        page = http.get("/renkei/review", headers={"Accept": "text/html"})
+        assert page.status_code == 200
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        form = {"decision": "approved", "comment": "csrf probe", "csrf": csrf}
+        same = {"Origin": server.url}
+        cases = [
+            ({"Origin": "http://evil.example"}, form),              # another site posting the form
+            ({}, form),                                             # no Origin, no Referer
+            (same, {**form, "csrf": ""}),                           # no token
+            (same, {**form, "csrf": csrf.split(".")[0] + ".00"}),   # a made-up token
+            (same, {**form, "csrf": "1." + csrf.split(".")[1]}),    # a token re-dated (MAC no longer fits)
+        ]
+        for headers, data in cases:
+            r = http.post(f"/renkei/review/{item}", headers=headers, data=data)
+            assert r.status_code == 403, (headers, data.get("csrf"), r.status_code)
+        assert next(i for i in server.review_rows() if i["item_id"] == item)["state"] == "pending"
+    finally:
+        http.cookies.clear()
+
+
+def test_a_reviewer_decides_with_a_bearer_token_and_the_trail_records_it(server, http):
+    item = _pending(server, 1)[0]["item_id"]
+    r = http.post(f"/renkei/review/{item}", headers=_bearer(server.token("reviewer")),
+                  data={"decision": "rejected", "comment": "department to correct the record"})
+    assert r.status_code == 303, r.text
+    row = next(i for i in server.review_rows() if i["item_id"] == item)
+    assert (row["state"], row["decided_by"], row["comment"]) == ("rejected", "reviewer", "department to correct the record")
+    entry = [e for e in server.audit_entries("review_decision") if e["item_id"] == item]
+    assert [(e["decision"], e["reviewer"]) for e in entry] == [("rejected", "reviewer")]
+
+
+# --- the browser --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    need_tool("Chromium", CHROMIUM)
+    need_tool("chromedriver", CHROMEDRIVER)
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a browser
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1500,1000", "--lang=ja", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, what: str):
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        # WebDriverException too: the single-page apps navigate on their own ("aborted by navigation")
+        return WebDriverWait(driver, WAIT_S, ignored_exceptions=(WebDriverException,)).until(condition)
+    except TimeoutException:
+        pytest.fail(f"browser: {what} did not happen within {WAIT_S}s (url {driver.current_url})")
+
+
+def _shot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def _open_in_airflow(driver, server, route: str) -> str:
+    """Open a Renkei nav entry in the Airflow UI, enter its iframe, return the page's HTML."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.switch_to.default_content()
+    driver.get(f"{server.url}/plugin/{route}")
+    _wait(driver, ec.frame_to_be_available_and_switch_to_it((By.CSS_SELECTOR, "iframe")), f"the {route} iframe")
+    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")), f"the {route} page")
+    return driver.page_source
+
+
+def test_a_reviewer_works_the_queue_in_the_browser(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = browser
+    driver.get(f"{server.url}/auth/login?next=/")
+    user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
+    _shot(driver, "00-airflow-login")
+    user.send_keys("reviewer")
+    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["reviewer"])
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+
+    sources = [row[0] for row in sqlite3.connect(server.warehouse).execute("SELECT DISTINCT source FROM ingest_runs")]
+    html = _open_in_airflow(driver, server, "renkei-runs")
+    assert all(f"<td>{s}</td>" in html for s in sources)
+    _shot(driver, "01-runs")
+    pages = {"runs": html}
+
+    html = _open_in_airflow(driver, server, "renkei-quarantine")
+    assert "expect_column_values_to_be_unique:record_id" in html and driver.find_elements(By.CSS_SELECTOR, "#rows tr td")
+    _shot(driver, "02-quarantine")
+    pages["quarantine"] = html
+
+    html = _open_in_airflow(driver, server, "renkei-notices")
+    assert driver.find_elements(By.CSS_SELECTOR, "a.notice-link")
+    _shot(driver, "03-notices")
+    pages["notices"] = html
+    driver.find_element(By.CSS_SELECTOR, "a.notice-link").click()
+    facts = _wait(driver, ec.presence_of_element_located((By.ID, "facts")), "the notice explanation")
+    notice_id = driver.find_element(By.CSS_SELECTOR, "h1 code").text
+    with sqlite3.connect(server.warehouse) as conn:
+        rule_id, stored = conn.execute("SELECT rule_id, facts FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
+    assert rule_id in driver.find_element(By.ID, "explain").text
+    assert {th.text for th in facts.find_elements(By.TAG_NAME, "th")} == set(json.loads(stored))
+    _shot(driver, "04-notice-explained")
+    pages["notice"] = driver.page_source
+
+    approve, reject = _pending(server, 2)
+    html = _open_in_airflow(driver, server, "renkei-review")
+    _shot(driver, "05-review-before")
+    pages["review"] = html
+    for item, button, comment in ((approve, "approve", "UIテスト: 登録情報と一致を確認"),
+                                  (reject, "reject", "UI test: department to correct the record")):
+        row = _wait(driver, ec.presence_of_element_located((By.ID, f"item-{item['item_id']}")), "the item row")
+        row.find_element(By.NAME, "comment").send_keys(comment)
+        row.find_element(By.CSS_SELECTOR, f"button.{button}").click()
+        _wait(driver, ec.presence_of_element_located((By.ID, "flash")), f"the {button} confirmation")
+        assert item["item_id"] in driver.find_element(By.ID, "flash").text
+    _shot(driver, "06-review-after")
+    pages["review-after"] = driver.page_source
+
+    rows = {r["item_id"]: r for r in server.review_rows()}
+    assert (rows[approve["item_id"]]["state"], rows[approve["item_id"]]["decided_by"]) == ("approved", "reviewer")
+    assert rows[approve["item_id"]]["comment"] == "UIテスト: 登録情報と一致を確認"
+    assert (rows[reject["item_id"]]["state"], rows[reject["item_id"]]["decided_by"]) == ("rejected", "reviewer")
+    trail = {e["item_id"]: e for e in server.audit_entries("review_decision")}
+    assert (trail[approve["item_id"]]["decision"], trail[approve["item_id"]]["reviewer"]) == ("approved", "reviewer")
+    assert (trail[reject["item_id"]]["decision"], trail[reject["item_id"]]["reviewer"]) == ("rejected", "reviewer")
+
+    from renkei.audit import verify
+    from renkei.keys.ring import KeyRing
+
+    result = verify(f"sqlite:///{server.warehouse}", KeyRing.load(server.work / "keyring.json"))
+    assert result.ok, result
+
+    assert len(server.plaintext) >= 600 and server.leaks(server.plaintext[0])  # the scan has teeth
+    leaks = {name: server.leaks(html) for name, html in pages.items()}
+    assert not any(leaks.values()), leaks
+    log = (server.work / "logs" / "airflow-standalone.log").read_text(encoding="utf-8", errors="replace")
+    assert not server.leaks(log), "the api-server log holds raw identifiers"

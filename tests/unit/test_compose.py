@@ -1,0 +1,366 @@
+"""docker-compose.yaml, the Dockerfile and .dockerignore, checked as data (no Docker engine in CI).
+
+Each check is one that a plausible edit of the deployment would break: a service left on
+another executor or image, a store shared between Airflow and the warehouse, a missing health
+check or init dependency, a dependency cycle, the keyring baked into the image or mounted on a
+component that never needs it, a password written as a literal, an env var the Renkei code reads
+that no service sets.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from renkei.runner import airflow_env
+from renkei.settings import REPO_ROOT
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text(encoding="utf-8"))
+SERVICES: dict[str, dict] = COMPOSE["services"]
+DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+DOCKERIGNORE = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+ENV_EXAMPLE = (REPO_ROOT / ".env.example").read_text(encoding="utf-8")
+
+AIRFLOW_CORE = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer", "airflow-worker")
+STORES = ("postgres", "redis", "warehouse", "events")
+# Components that run Renkei code: DAG parsing (dag-processor), triggers, tasks (workers).
+RUNS_RENKEI = ("airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+# Components that must never hold the keyring: they run no task.
+NO_KEYS = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+           "airflow-triggerer", *STORES)
+VAR_REF = re.compile(r"^\$\{(?P<name>[A-Z0-9_]+)(?::?(?P<op>[-?])(?P<arg>[^}]*))?\}$")
+URL = re.compile(r"^(?P<scheme>[a-z0-9+]+)://(?:(?P<user>[^:@/]*)(?::(?P<password>\$\{[^}]*\}|[^@]*))?@)?"
+                 r"(?P<host>[^:/?]*)(?::(?P<port>\d+))?(?:/(?P<db>[^?]*))?")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$")
+
+
+def airflow_services() -> list[str]:
+    return sorted(set(AIRFLOW_CORE) | {n for n, s in SERVICES.items() if "airflow" in str(s.get("command", ""))})
+
+
+def env(name: str) -> dict[str, str]:
+    raw = SERVICES[name].get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {k: "" if v is None else str(v) for k, v in raw.items()}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+
+
+def image_env() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for op, arg in dockerfile_instructions():
+        if op == "ENV":
+            out.update(tok.split("=", 1) for tok in shlex.split(arg))
+    return out
+
+
+def effective_env(name: str) -> dict[str, str]:
+    return {**image_env(), **env(name)}
+
+
+def url(value: str) -> re.Match:
+    m = URL.match(value)
+    assert m, f"not a URL: {value!r}"
+    return m
+
+
+def depends(name: str) -> dict[str, dict]:
+    dep = SERVICES[name].get("depends_on") or {}
+    return {d: {"condition": "service_started"} for d in dep} if isinstance(dep, list) else dep
+
+
+def secret_mounts(name: str) -> dict[str, str]:
+    """source secret → absolute path inside the container."""
+    out = {}
+    for item in SERVICES[name].get("secrets") or []:
+        src, target = (item, item) if isinstance(item, str) else (item["source"], item.get("target", item["source"]))
+        out[src] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return out
+
+
+# -- the service graph -----------------------------------------------------------------------
+
+def test_required_services_present():
+    assert set(AIRFLOW_CORE) | set(STORES) <= set(SERVICES), set(AIRFLOW_CORE) | set(STORES) - set(SERVICES)
+
+
+@pytest.mark.parametrize("name", airflow_services())
+def test_every_airflow_service_uses_celery_and_the_renkei_image(name):
+    s = SERVICES[name]
+    assert env(name).get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor"
+    assert s.get("image") == SERVICES["airflow-worker"]["image"], "one image for every component"
+    build = s.get("build")
+    context = build if isinstance(build, str) else (build or {}).get("context")
+    assert context == ".", f"{name} must build the repository's Dockerfile"
+    assert (REPO_ROOT / context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")).exists()
+
+
+@pytest.mark.parametrize("name", airflow_services())
+def test_broker_is_redis_and_result_backend_is_the_metadata_postgres(name):
+    e = env(name)
+    broker, backend, meta = (url(e[k]) for k in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+                                                  "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"))
+    assert broker["scheme"] == "redis" and broker["host"] == "redis"
+    assert SERVICES["redis"]["image"].startswith("redis:")
+    assert backend["scheme"] == "db+postgresql" and meta["scheme"].startswith("postgresql")
+    assert (backend["host"], backend["db"]) == (meta["host"], meta["db"]) == ("postgres", "airflow")
+    assert SERVICES["postgres"]["image"].startswith("postgres:")
+
+
+def test_warehouse_is_a_separate_postgres_with_its_own_volume():
+    wh = url(env("airflow-worker")["RENKEI_WAREHOUSE_URL"])
+    meta = url(env("airflow-worker")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert wh["host"] == "warehouse" != meta["host"]
+    assert SERVICES["warehouse"]["image"].startswith("postgres:")
+    vol = {name: _named_volume(name, "/var/lib/postgresql/data") for name in ("warehouse", "postgres")}
+    assert vol["warehouse"] and vol["postgres"] and vol["warehouse"] != vol["postgres"]
+    assert vol["warehouse"] in COMPOSE["volumes"]
+
+
+def _named_volume(service: str, target: str) -> str | None:
+    for v in SERVICES[service].get("volumes") or []:
+        src, dst = (v.split(":")[0], v.split(":")[1]) if isinstance(v, str) else (v.get("source"), v.get("target"))
+        if dst == target and src and not src.startswith((".", "/", "$")):
+            return src
+    return None
+
+
+def test_event_bus_is_a_persistent_redis_apart_from_the_broker():
+    e = env("airflow-worker")
+    assert e["RENKEI_CHANNEL_KIND"] == "redis_stream"
+    events = url(e["RENKEI_REDIS_URL"])
+    assert events["host"] == "events" != url(e["AIRFLOW__CELERY__BROKER_URL"])["host"]
+    cmd = " ".join(SERVICES["events"]["command"]) if isinstance(SERVICES["events"]["command"], list) else SERVICES["events"]["command"]
+    assert "--appendonly yes" in cmd and "noeviction" in cmd, "streams must survive a restart and never be evicted"
+    assert _named_volume("events", "/data") in COMPOSE["volumes"]
+
+
+def test_every_long_running_service_has_a_healthcheck_and_a_restart_policy():
+    for name, s in SERVICES.items():
+        if name == "airflow-init":
+            assert s.get("restart") == "no"
+            continue
+        hc = s.get("healthcheck") or {}
+        assert hc.get("test") and not hc.get("disable"), f"{name} has no health check"
+        assert s.get("restart") in ("always", "unless-stopped", "on-failure"), name
+
+
+@pytest.mark.parametrize("name, probe", [
+    ("airflow-apiserver", "localhost:8080/api/v2/"),
+    ("airflow-scheduler", ":8974/health"),
+    ("airflow-dag-processor", "--job-type DagProcessorJob"),
+    ("airflow-triggerer", "--job-type TriggererJob"),
+    ("airflow-worker", "inspect ping"),
+    ("postgres", "pg_isready"),
+    ("warehouse", "pg_isready"),
+    ("redis", "redis-cli ping"),
+    ("events", "redis-cli ping"),
+])
+def test_health_checks_probe_their_own_component(name, probe):
+    assert probe in " ".join(SERVICES[name]["healthcheck"]["test"])
+    if name == "airflow-scheduler":
+        assert env(name)["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"].lower() == "true"
+    if name == "airflow-apiserver":
+        assert "--port" in SERVICES[name]["command"] and "8080" in SERVICES[name]["command"]
+
+
+def test_init_runs_first_and_the_stores_are_healthy_before_use():
+    for name in airflow_services():
+        if name == "airflow-init":
+            continue
+        assert depends(name).get("airflow-init", {}).get("condition") == "service_completed_successfully", name
+    for name in airflow_services():
+        for dep, spec in depends(name).items():
+            if dep in STORES:
+                assert spec["condition"] == "service_healthy", (name, dep)
+    assert {"postgres", "warehouse"} <= set(depends("airflow-init"))
+    assert "airflow db migrate" in str(SERVICES["airflow-init"]["command"])
+    assert "airflow-apiserver" in depends("airflow-worker"), "workers call the Execution API"
+
+
+def test_depends_on_graph_references_existing_services_and_is_acyclic():
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name in SERVICES, f"{path[-1]} depends on unknown service {name}"
+        if state.get(name) == "done":
+            return
+        assert state.get(name) != "open", f"dependency cycle: {' -> '.join(path + (name,))}"
+        state[name] = "open"
+        for dep in depends(name):
+            visit(dep, path + (name,))
+        state[name] = "done"
+
+    for name in SERVICES:
+        visit(name, (name,))
+
+
+def test_airflow_components_share_their_secrets_and_find_the_execution_api():
+    shared = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    for key in shared:
+        values = {env(n).get(key) for n in airflow_services()}
+        assert len(values) == 1 and None not in values, f"{key} differs between components: {values}"
+    api = url(env("airflow-worker")["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+    assert (api["host"], api["port"], api["db"]) == ("airflow-apiserver", "8080", "execution/")
+
+
+def test_workers_scale_and_take_their_concurrency_from_the_environment():
+    w = SERVICES["airflow-worker"]
+    assert "container_name" not in w and not w.get("ports"), "a fixed name or host port breaks --scale"
+    ref = VAR_REF.match(env("airflow-worker")["AIRFLOW__CELERY__WORKER_CONCURRENCY"])
+    assert ref and ref["op"] == "-" and ref["arg"].isdigit()
+    limits = w["deploy"]["resources"]["limits"]
+    assert limits.get("cpus") and limits.get("memory")
+    assert w.get("stop_grace_period"), "workers need time for a warm shutdown"
+
+
+# -- volumes, secrets, the keyring -----------------------------------------------------------
+
+def test_named_volumes_are_declared_and_used():
+    used = set()
+    for s in SERVICES.values():
+        for v in s.get("volumes") or []:
+            src = v.split(":")[0] if isinstance(v, str) else v.get("source")
+            if src and not src.startswith((".", "/", "$", "~")):
+                assert src in (COMPOSE.get("volumes") or {}), f"volume {src} is not declared"
+                used.add(src)
+    assert used == set(COMPOSE["volumes"]), f"declared but unused: {set(COMPOSE['volumes']) - used}"
+
+
+def test_keyring_is_a_secret_mounted_only_where_tasks_run():
+    declared = COMPOSE["secrets"]
+    assert "renkei_keyring" in declared and declared["renkei_keyring"].get("file")
+    assert "renkei_keyring" in secret_mounts("airflow-worker")
+    for name, s in SERVICES.items():
+        mounts = secret_mounts(name)
+        for src in mounts:
+            assert src in declared, f"{name} mounts undeclared secret {src}"
+        if name in NO_KEYS:
+            assert not any("keyring" in src for src in mounts), f"{name} runs no task: it must not hold the keyring"
+            assert "RENKEI_KEYRING" not in env(name)
+        keyring_mounts = [path for src, path in mounts.items() if "keyring" in src]
+        if keyring_mounts or "RENKEI_KEYRING" in env(name):
+            assert env(name).get("RENKEI_KEYRING") in keyring_mounts, f"{name}: RENKEI_KEYRING must name its mount"
+        for item in s.get("secrets") or []:
+            mode = item.get("mode") if isinstance(item, dict) else None
+            if mode is not None:
+                mode = int(str(mode).replace("0o", ""), 8) if isinstance(mode, str) else mode
+                assert mode & 0o077 == 0, f"{name}: KeyRing.load refuses a group/world-readable keyring"
+
+
+def test_keyring_files_stay_out_of_the_image():
+    for spec in COMPOSE["secrets"].values():
+        ref = VAR_REF.match(spec["file"])
+        default = ref["arg"] if ref else spec["file"]
+        assert PurePosixPath(default).parts[0] == "var", f"{default}: keep keyrings under var/ (git- and docker-ignored)"
+    assert "var/" in DOCKERIGNORE and ".env" in DOCKERIGNORE and any("keyring" in p for p in DOCKERIGNORE)
+    copies = [arg for op, arg in dockerfile_instructions() if op in ("COPY", "ADD")]
+    assert not any(shlex.split(a)[0] in (".", "./") for a in copies), "COPY . would take whatever is in the context"
+    assert not any(re.search(r"(^|[\s/])(var|\.env)([\s/]|$)|keyring", a) for a in copies)
+
+
+# -- no secret literal anywhere --------------------------------------------------------------
+
+def _secret_free(value: str) -> bool:
+    ref = VAR_REF.match(value)
+    return bool(ref) and not (ref["op"] == "-" and ref["arg"])
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_passwords_and_keys_come_from_variables(name):
+    for key, value in env(name).items():
+        if SECRET_NAME.search(key) and not key.endswith("_FILE"):
+            assert _secret_free(value), f"{name}: {key} must be ${{VAR}} from .env, not a literal"
+        ref = VAR_REF.match(value)
+        shown = ref["arg"] if ref and ref["op"] == "-" else value  # a default is a literal too
+        if "://" in shown:
+            pw = url(shown)["password"]
+            assert pw is None or _secret_free(pw), f"{name}: {key} has a literal password"
+    command = str(SERVICES[name].get("command", ""))
+    assert not re.search(r"requirepass\s+(?![\"']?\$)", command), f"{name}: literal Redis password"
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [t for k, v in node.items() for t in _strings(k) + _strings(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_every_required_variable_is_documented_and_empty_in_env_example():
+    required = {m for text in _strings(COMPOSE) for m in re.findall(r"\$\{([A-Z0-9_]+):\?", text)}
+    assert len(required) >= 5, f"secrets must be required variables (${{VAR:?}}), found {sorted(required)}"
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.splitlines() if "=" in line and not line.startswith("#"))
+    assert required <= set(example), f"missing from .env.example: {required - set(example)}"
+    for key, value in example.items():
+        if SECRET_NAME.search(key):
+            assert value.strip() == "", f".env.example must not carry a value for {key}"
+
+
+# -- the Renkei code's environment -----------------------------------------------------------
+
+def _code_reads(path: Path) -> set[str]:
+    """The RENKEI_* names a module reads with os.environ.get("…") or os.environ["…"]."""
+    return set(re.findall(r'environ(?:\.get\(|\[)\s*"(RENKEI_[A-Z_]+)"', path.read_text(encoding="utf-8")))
+
+
+def test_every_variable_the_code_needs_in_production_is_set(tmp_path):
+    # settings.py (stores, config, suites), channel.py (the event bus), and what the embedded
+    # runner gives Airflow: a production deployment must set the same, through the image or compose.
+    needed = _code_reads(REPO_ROOT / "plugins/renkei/settings.py") | _code_reads(REPO_ROOT / "plugins/renkei/events/channel.py")
+    given = airflow_env(tmp_path, "sqlite://", "sqlite://", tmp_path / "k.json")
+    exempt = {"PYTHONPATH": "the package is pip-installed in the image",
+              "AIRFLOW__LOGGING__BASE_LOG_FOLDER": "default $AIRFLOW_HOME/logs is the airflow-logs volume"}
+    needed |= {k for k in given if k.startswith(("RENKEI_", "AIRFLOW__", "AIRFLOW_HOME")) and k not in exempt}
+    assert {"RENKEI_WAREHOUSE_URL", "RENKEI_REDIS_URL", "RENKEI_KEYRING", "AIRFLOW__CORE__DAGS_FOLDER"} <= needed
+    for name in RUNS_RENKEI:
+        have = effective_env(name)
+        missing = {k for k in needed if k not in have and not (k == "RENKEI_KEYRING" and name != "airflow-worker")}
+        assert not missing, f"{name} lacks {sorted(missing)}"
+
+
+def test_configured_paths_exist_in_the_image():
+    workdir, copied = PurePosixPath("/"), set()
+    for op, arg in dockerfile_instructions():
+        if op == "WORKDIR":
+            workdir = workdir / arg
+        elif op == "COPY":
+            dest = PurePosixPath(shlex.split(arg)[-1])
+            copied.add(str(dest if dest.is_absolute() else workdir / dest))
+    have = effective_env("airflow-worker")
+    for key in ("AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER", "RENKEI_CONFIG_DIR", "RENKEI_EXPECTATIONS_DIR"):
+        assert have[key] in copied, f"{key}={have[key]} is not a folder the Dockerfile copies"
+
+
+# -- the Dockerfile --------------------------------------------------------------------------
+
+def test_dockerfile_installs_the_lock_the_celery_provider_and_renkei_as_non_root():
+    ops = dockerfile_instructions()
+    base = next(arg for op, arg in ops if op == "FROM")
+    assert re.match(r"(python:3\.11[.\w-]*|apache/airflow:3\.3\.2-python3\.11)$", base.split()[0]), base
+    runs = " ".join(arg for op, arg in ops if op == "RUN")
+    assert re.search(r"pip install[^&]*-r requirements\.lock", runs) and "pip check" in runs
+    assert re.search(r"pip install[^&]*(-e \.|\s\.)(\s|$)", runs), "the renkei package must be installed"
+    lock = (REPO_ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pins = re.findall(r"apache-airflow-providers-celery==([\w.]+)", runs + "\n" + lock)
+    assert pins and len(set(pins)) == 1, f"pin the Celery provider once, in the lock or the Dockerfile: {pins}"
+    assert "apache-airflow==3.3.2" in lock
+    sources = {shlex.split(arg)[0].rstrip("/") for op, arg in ops if op == "COPY"}
+    assert {"requirements.lock", "plugins", "dags", "config", "expectations"} <= sources
+    user = [arg for op, arg in ops if op == "USER"]
+    assert user, "the image must switch to a non-root user"
+    uid = user[-1].split(":")[0]
+    if ref := re.fullmatch(r"\$\{?(\w+)\}?", uid):  # USER ${ARG}: resolve the ARG's default
+        uid = next(a.split("=", 1)[1] for op, a in ops if op == "ARG" and a.startswith(ref[1] + "="))
+    assert uid not in ("root", "0"), "the image must run as a non-root user"
