@@ -1,6 +1,6 @@
 """`renkei …`: the things a data engineer does by hand, beside the DAGs.
 
-    renkei keys init --path P                     a new keyring (mode 0600)
+    renkei keys init|status|rotate|retire|reseal  the keyring and key rotation (commands/keys.py)
     renkei synth --residents N --seed S --as-of D --out DIR [--format sqlite|csv|csv-cp932]
     renkei pseudonymize --source NAME --from URL_OR_CSV --to URL
     renkei run --raw DIR --as-of D [--warehouse URL] [--work DIR]
@@ -23,16 +23,6 @@ def _date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
-
-
-def _keys_init(args: argparse.Namespace) -> int:
-    from renkei.keys.ring import KeyRing
-
-    path = KeyRing.generate().save(args.path, overwrite=args.force)
-    ring = KeyRing.load(path)
-    print(f"keyring written to {path} (mode 0600) with purposes: {', '.join(ring.purposes())}")
-    print(f"point Renkei at it with: export RENKEI_KEYRING={path.resolve()}")
-    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -83,12 +73,6 @@ def _run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="renkei", description="Renkei (連携): departmental data linkage for proactive services.")
     sub = ap.add_subparsers(dest="command", required=True)
-
-    keys = sub.add_parser("keys", help="keyring management").add_subparsers(dest="keys_command", required=True)
-    ki = keys.add_parser("init", help="write a new keyring (mode 0600)")
-    ki.add_argument("--path", required=True, help="where to write it (outside the repo; var/ is git-ignored)")
-    ki.add_argument("--force", action="store_true", help="overwrite an existing keyring (its tokens become unreadable)")
-    ki.set_defaults(func=_keys_init)
 
     sy = sub.add_parser("synth", help="generate a synthetic city's raw departmental tables")
     sy.add_argument("--residents", type=int, default=20000)

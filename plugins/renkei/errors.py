@@ -3,6 +3,8 @@
     RenkeiError
      ├── ConfigError        a config/rule/suite file is invalid (names file, key and fix)
      ├── KeyRingError       the keyring is missing, unreadable, too open, or a token is bad
+     │    ├── KeyRetired          a token's key version is retired (or its grace period ended)
+     │    └── RotationInProgress  the warehouse is being re-sealed under a new link key version
      ├── SourceError        a departmental source cannot be read at all
      └── ValidationFailed   a batch failed validation above the allowed rate; nothing loaded
 
@@ -22,6 +24,15 @@ class ConfigError(RenkeiError):
 
 class KeyRingError(RenkeiError):
     """The keyring cannot be used, or a token does not open under it."""
+
+
+class KeyRetired(KeyRingError):
+    """A token was sealed under a key version the keyring no longer accepts."""
+
+
+class RotationInProgress(KeyRingError):
+    """The warehouse's ERKs are being re-sealed (or the keyring and warehouse disagree on the
+    link key version): writers of ERKs must wait until the rotation completes."""
 
 
 class SourceError(RenkeiError):

@@ -24,8 +24,9 @@ import sqlalchemy as sa
 
 from renkei.config import Source
 from renkei.bulk import insert_rows
-from renkei.errors import KeyRingError, SourceError, ValidationFailed
+from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
+from renkei.keys.rotation import hold_link_key
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
@@ -221,6 +222,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
     stage = staging_table(source)
     now = _now()
     with wh.begin() as conn:
+        hold_link_key(conn, ring)  # refuses while the warehouse's ERKs are re-sealed (renkei.keys.rotation)
         state = conn.execute(
             sa.select(ingest_runs.c.state, ingest_runs.c.watermark_to).where(
                 ingest_runs.c.run_id == run_id, ingest_runs.c.source == source.name
@@ -236,7 +238,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
         t = time.perf_counter()
         opened = _convert_pseudonyms(conn, source, ring, land, this_run, erks)
         convert_s = time.perf_counter() - t
-        unopened = _reject_unopened(conn, land, this_run, erks)
+        unopened, retired = _reject_unopened(conn, land, this_run, erks)
         passing = sa.and_(this_run, land.c.quarantine_reason.is_(None))
         failing = sa.and_(this_run, land.c.quarantine_reason.is_not(None))
         loaded = conn.execute(sa.select(sa.func.count()).where(passing)).scalar_one()
@@ -247,7 +249,9 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
             raise KeyRingError(
                 f"{source.name}: {unopened} of {loaded + quarantined} pseudonyms of run {run_id} do not open "
                 f"under {source.key_purpose}; nothing was loaded. The keyring is not the one the department "
-                f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step."
+                f"sealed with: point RENKEI_KEYRING at the right file and re-run the load step. {retired} of them are "
+                f"sealed with a retired key version: for those the department re-exports with `renkei pseudonymize` "
+                f"under the current version (`renkei keys status`)."
             )
         _insert_staging(conn, source, land, stage, erks, passing, run_id)
         if quarantined:
@@ -276,14 +280,17 @@ def _clear_landing(conn: sa.Connection, land: sa.Table, run_id: str) -> None:
 
 
 PSEUDONYM_COLUMNS = ("dept_pseudonym", "household_pseudonym")  # department-sealed, re-sealed as ERKs
+UNOPENED = "pseudonym_does_not_authenticate"
+UNOPENED_RETIRED = "pseudonym_key_retired"
 
 
 def _erk_map(conn: sa.Connection, source: Source) -> sa.Table:
-    """A temporary table: department pseudonym → ERK (NULL when the pseudonym does not open)."""
+    """A temporary table: department pseudonym → ERK, or the reason it does not open."""
     table = sa.Table(
         f"tmp_erks_{source.name}", sa.MetaData(),
         sa.Column("token", sa.Text, primary_key=True),
         sa.Column("erk", sa.String(120)),
+        sa.Column("reason", sa.String(64)),  # pseudonym_does_not_authenticate | pseudonym_key_retired
         prefixes=["TEMPORARY"],
     )
     table.drop(conn, checkfirst=True)
@@ -308,28 +315,38 @@ def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, thi
         rows = []
         for token in part:
             try:
-                rows.append((token, ring.reseal(source.key_purpose, token, "link")))
+                rows.append((token, ring.reseal(source.key_purpose, token, "link"), None))
+            except KeyRetired:
+                rows.append((token, None, UNOPENED_RETIRED))
             except KeyRingError:
-                rows.append((token, None))
-        n += insert_rows(conn, erks, ["token", "erk"], rows)
+                rows.append((token, None, UNOPENED))
+        n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
     return n
 
 
-def _reject_unopened(conn: sa.Connection, land: sa.Table, this_run, erks: sa.Table) -> int:
-    """Give passing rows whose pseudonym did not open (or is missing) their quarantine reason."""
-    unopened = 0
+def _reject_unopened(conn: sa.Connection, land: sa.Table, this_run, erks: sa.Table) -> tuple[int, int]:
+    """Give passing rows whose pseudonym did not open (or is missing) their quarantine reason;
+    returns (rows rejected, of which sealed with a retired key version)."""
+    unopened = retired = 0
+    # Each UPDATE is a pass over the batch: only for the reasons some pseudonym actually has.
+    found = set(conn.execute(sa.select(erks.c.reason).where(erks.c.reason.is_not(None)).distinct()).scalars())
     for column in PSEUDONYM_COLUMNS:
         if column not in land.c:
             continue
         col = land.c[column]
-        bad = col.in_(sa.select(erks.c.token).where(erks.c.erk.is_(None)))
-        if column == "dept_pseudonym":
-            bad = sa.or_(bad, col.is_(None))
-        unopened += conn.execute(
-            land.update().where(this_run, land.c.quarantine_reason.is_(None), bad)
-            .values(quarantine_reason=f"pseudonym_does_not_authenticate:{column}")
-        ).rowcount
-    return unopened
+        for reason in (UNOPENED_RETIRED, UNOPENED):
+            bad = col.in_(sa.select(erks.c.token).where(erks.c.reason == reason)) if reason in found else None
+            if column == "dept_pseudonym" and reason == UNOPENED:
+                bad = col.is_(None) if bad is None else sa.or_(bad, col.is_(None))
+            if bad is None:
+                continue
+            n = conn.execute(
+                land.update().where(this_run, land.c.quarantine_reason.is_(None), bad)
+                .values(quarantine_reason=f"{reason}:{column}")
+            ).rowcount
+            unopened += n
+            retired += n if reason == UNOPENED_RETIRED else 0
+    return unopened, retired
 
 
 def _digest(land: sa.Table, source: Source):

@@ -403,6 +403,44 @@ review_queue = sa.Table(
 )
 
 
+# Notice identity (renkei.linkage.subjects): a random subject key given to an ERK once, when it
+# first reaches the mart. Notice ids hash the subject key, so re-sealing ERKs under a new link key
+# version (renkei.keys.rotation rewrites `erk` here) leaves every notice id unchanged.
+subjects = sa.Table(
+    "subjects", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
+    sa.Column("subject_key", sa.String(32), nullable=False, unique=True),
+    sa.Column("first_run_id", sa.String(250), nullable=False),
+)
+
+# The link key version the warehouse's ERKs are under, one row per purpose ('link'). ERK writers
+# (ingest load, link, services) share-lock it; a rotation locks it exclusively to start and sets
+# `rotating_to` until every ERK column is re-sealed (renkei.keys.rotation).
+key_state = sa.Table(
+    "key_state", metadata,
+    sa.Column("purpose", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer),
+    sa.Column("rotating_to", sa.Integer),
+    sa.Column("rotation_id", sa.String(64)),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+# One row per re-seal of the warehouse's ERKs: versions, state and per-table progress (JSON:
+# {table: {total, done, resealed, cursor}}), committed with each batch so a re-run resumes.
+key_rotations = sa.Table(
+    "key_rotations", metadata,
+    sa.Column("rotation_id", sa.String(64), primary_key=True),  # link-v1-v2
+    sa.Column("purpose", sa.String(64), nullable=False),
+    sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # running | completed
+    sa.Column("progress", sa.Text, nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("finished_at", TS),
+    sa.Column("audit_seq", sa.Integer),  # the key_rotation entry of the audit trail
+)
+
+
 # Incremental link and services (renkei.linkage.changes): bookkeeping of ids, dates and counts.
 # Each mart build is one `link_builds` row (seq 1, 2, …); `link_consumed` names the ingest runs
 # (run, source, the run's updated_at) whose staging rows a build took in; `mart_changes` the ERKs

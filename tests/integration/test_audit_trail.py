@@ -252,3 +252,36 @@ def test_cli_resident_lists_only_that_residents_links_notices_and_receipts(url, 
     assert "receipt #1 2025-06-01T09:00:00+09:00 sent by email" in out
     for leak in (other, "b" * 32, "nhi", "HPV", "opted_out", erk_me, erk_other):
         assert leak not in out
+
+
+def test_entries_keep_verifying_across_an_audit_key_rotation(url, ring):
+    _log(url, ring, 2)
+    ring.rotate("audit")
+    assert append(url, "key_rotation", {"purpose": "audit", "to_version": 2}, ring=ring, now=NOW) == 3
+    rows = _rows(url)
+    assert [r["entry_hash"][:3] for r in rows] == ["v1.", "v1.", "v2."]
+    assert verify(url, ring).entries == 3 and verify(url, ring).ok
+    _exec(url, sa.update(audit_log).where(audit_log.c.seq == 1).values(payload="{}"))
+    assert verify(url, ring).first_bad_seq == 1  # an old entry is still checked, under its own version
+
+
+def test_resident_record_finds_rows_under_every_link_version_held(url, ring, tmp_path):
+    from renkei.audit.resident import resident_record
+    from renkei.warehouse import engine, ensure_schema, linkage, notices
+
+    code = "12345678901"
+    under_v1 = ring.seal("link", code)
+    ring.rotate("link")
+    under_v2 = ring.seal("link", code)
+    eng = engine(url)
+    ensure_schema(eng)
+    with eng.begin() as conn:  # e.g. rows restored from a backup taken before the re-seal
+        conn.execute(sa.insert(linkage), [{"erk": under_v1, "source": "registry", "records": 1, "in_registry": True,
+                                           "built_run_id": "link_residents/old"}])
+        conn.execute(sa.insert(notices), [_notice("c" * 32, under_v2, "proactive_services/new")])
+    eng.dispose()
+    rec = resident_record(code, ring, url)
+    assert [r["source"] for r in rec.linked] == ["registry"] and [n["notice_id"] for n in rec.notices] == ["c" * 32]
+    ring.retire("link", 1)
+    rec = resident_record(code, ring, url)
+    assert rec.linked == [] and [n["notice_id"] for n in rec.notices] == ["c" * 32]

@@ -116,3 +116,106 @@ def test_missing_keyring_names_the_fix(tmp_path, monkeypatch):
 def test_repr_never_shows_keys():
     ring = KeyRing.from_dict(FIXED)
     assert "AAEC" not in repr(ring) and "link" in repr(ring)
+
+
+# -- versions, states and rotation ------------------------------------------------------------
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_a_format_1_file_without_states_still_loads_and_older_versions_open(tmp_path):
+    doc = json.loads(json.dumps(FIXED))
+    old = KeyRing.from_dict(doc).seal("link", "12345678901")
+    doc["purposes"]["link"]["keys"]["2"] = _b64(bytes(64))
+    doc["purposes"]["link"]["current"] = 2
+    ring = KeyRing.from_dict(doc)
+    assert ring.state("link", 1) == "history" and ring.open("link", old) == "12345678901"
+    saved = KeyRing.load(ring.save(tmp_path / "ring.json"))
+    assert json.loads((tmp_path / "ring.json").read_text())["format"] == "renkei-keyring/2"
+    assert saved.status() == ring.status()
+
+
+def test_department_rotation_opens_the_old_version_until_the_grace_date_then_refuses_it():
+    from datetime import date
+
+    from renkei.errors import KeyRetired
+
+    ring = KeyRing.from_dict(FIXED)
+    old = ring.seal("dept:health_bureau", "12345678901")
+    assert ring.rotate("dept:health_bureau", grace_days=10, today=date(2025, 6, 1)) == 2
+    assert ring.seal("dept:health_bureau", "12345678901").startswith("v2.")
+    ring.clock = lambda: date(2025, 6, 11)  # the last day of grace
+    assert ring.state("dept:health_bureau", 1) == "grace"
+    assert ring.reseal("dept:health_bureau", old, "link") == ring.seal("link", "12345678901")
+    ring.clock = lambda: date(2025, 6, 12)
+    with pytest.raises(KeyRetired) as exc:
+        ring.open("dept:health_bureau", old)
+    msg = str(exc.value)
+    assert "dept:health_bureau key version 1" in msg and "2025-06-11" in msg and "renkei pseudonymize" in msg
+    assert "12345678901" not in msg
+    assert {"purpose": "dept:health_bureau", "version": 1, "state": "retired", "grace_until": "2025-06-11"} in ring.status()
+
+
+def test_link_rotation_keeps_the_old_version_as_history_until_retired():
+    from datetime import date
+
+    from renkei.errors import KeyRetired
+
+    ring = KeyRing.from_dict(FIXED)
+    old = ring.seal("link", "12345678901")
+    with pytest.raises(KeyRingError, match="department keys only"):
+        ring.rotate("link", grace_days=5)
+    ring.rotate("link")
+    assert ring.state("link", 1) == "history" and ring.open("link", old) == "12345678901"
+    assert ring.lookup_tokens("link", "12345678901") == [ring.seal("link", "12345678901"), old]
+    with pytest.raises(KeyRingError, match="is current"):
+        ring.retire("link", 2)
+    with pytest.raises(KeyRingError, match="audit key versions cannot be retired"):
+        ring.retire("audit", 1)
+    ring.retire("link", 1, today=date(2025, 7, 1))
+    with pytest.raises(KeyRetired, match="renkei keys reseal"):
+        ring.open("link", old)
+    assert ring.lookup_tokens("link", "12345678901") == [ring.seal("link", "12345678901")]
+    again = KeyRing.from_dict(ring.to_dict())
+    assert again.state("link", 1) == "retired" and {"purpose": "link", "version": 1, "state": "retired",
+                                                    "retired_on": "2025-07-01"} in again.status()
+
+
+def test_mac_and_digest_under_an_older_audit_version():
+    ring = KeyRing.from_dict(FIXED)
+    ring.rotate("audit")
+    expected = hmac.new(b"\x0b" * 32, b"message", hashlib.sha256).hexdigest()
+    assert ring.mac(b"message", version=1) == expected and ring.mac(b"message") != expected
+    assert ring.digest("ヤマダ タロウ").startswith("v2.") and ring.digest("ヤマダ タロウ", version=1).startswith("v1.")
+    with pytest.raises(KeyRingError, match="no audit key version 7"):
+        ring.mac(b"message", version=7)
+
+
+def test_states_are_validated_and_status_never_shows_keys():
+    doc = json.loads(json.dumps(FIXED))
+    doc["purposes"]["link"]["states"] = {"1": {"state": "retired"}}
+    with pytest.raises(KeyRingError, match="only a held, non-current version has a state"):
+        KeyRing.from_dict(doc)
+    ring = KeyRing.from_dict(FIXED)
+    ring.rotate("dept:health_bureau")
+    shown = json.dumps(ring.status())
+    for spec in ring.to_dict()["purposes"].values():
+        assert not any(k in shown for k in spec["keys"].values())
+
+
+def test_cli_rotate_status_retire(tmp_path, capsys):
+    from renkei.cli import main
+
+    path = str(tmp_path / "ring.json")
+    assert main(["keys", "init", "--path", path]) == 0
+    assert main(["keys", "rotate", "--purpose", "dept:nhi", "--grace-days", "7", "--keyring", path]) == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert main(["keys", "rotate", "--purpose", "link", "--grace-days", "7", "--keyring", path]) == 2
+    assert main(["keys", "retire", "--purpose", "link", "--version", "1", "--keyring", path]) == 2  # needs the warehouse
+    assert main(["keys", "retire", "--purpose", "dept:nhi", "--version", "1", "--keyring", path]) == 0
+    capsys.readouterr()
+    assert main(["keys", "status", "--keyring", path]) == 0
+    out = capsys.readouterr().out
+    assert "dept:nhi                       1  retired  since" in out and "dept:nhi                       2  current" in out
+    for spec in json.loads(open(path).read())["purposes"].values():
+        assert not any(k in out for k in spec["keys"].values())

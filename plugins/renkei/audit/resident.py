@@ -1,7 +1,8 @@
 """One resident's record of what was linked and sent about them (cf. マイナポータル 情報提供等記録).
 
 Runs inside the registry's boundary with the keys: the resident code is sealed into the ERK in
-memory and only that ERK is queried, so no other resident's rows are ever read.
+memory — under every link key version the keyring still opens, so rows written before a link-key
+rotation are found too — and only those ERKs are queried: no other resident's rows are read.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class ResidentRecord:
 
 
 def resident_record(resident_code: str, ring: KeyRing, warehouse_url: str, delivery_url: str | None = None) -> ResidentRecord:
-    """The record of the resident whose code is given (ERK under the current link key)."""
-    erk = ring.seal("link", resident_code)
+    """The record of the resident whose code is given (their ERK under every link version held)."""
+    erks = ring.lookup_tokens("link", resident_code)
     sources = load_sources()
     eng = engine(warehouse_url)
     try:
@@ -35,12 +36,12 @@ def resident_record(resident_code: str, ring: KeyRing, warehouse_url: str, deliv
             have = sa.inspect(conn)
             link_rows = conn.execute(
                 sa.select(linkage.c.source, linkage.c.records, linkage.c.in_registry, linkage.c.built_run_id)
-                .where(linkage.c.erk == erk).order_by(linkage.c.source)
+                .where(linkage.c.erk.in_(erks)).order_by(linkage.c.source)
             ).mappings().all() if have.has_table(linkage.name) else []
             n = notices.c
             notice_rows = conn.execute(
                 sa.select(n.notice_id, n.service, n.kind, n.subject, n.dose_number, n.window_start, n.window_end, n.created_at)
-                .where(n.erk == erk).order_by(n.created_at, n.notice_id)
+                .where(n.erk.in_(erks)).order_by(n.created_at, n.notice_id)
             ).mappings().all() if have.has_table(notices.name) else []
     finally:
         eng.dispose()

@@ -8,7 +8,10 @@ A keyring holds one list of versioned keys per *purpose*:
 - ``audit``  — the HMAC key of quasi-identifier digests (names, addresses) and the audit log.
 
 Tokens and digests carry their key version (``v<N>.<payload>``), so rotation adds a version
-and old tokens still open while their version is listed (like ``MultiFernet``). AES-SIV is
+and old tokens still open while their version is listed (like ``MultiFernet``). Each version
+has a state: ``current`` (seals and opens), ``grace`` (a department's previous key: opens until
+its ``grace_until`` date), ``history`` (a previous link or audit key: opens, so re-sealing and
+reading history work, but never seals) and ``retired`` (refused with :class:`KeyRetired`). AES-SIV is
 deterministic: the same plaintext under the same key gives the same token, which is what makes
 a pseudonym a join key. The purpose is bound as associated data, so a token sealed for one
 purpose never opens under another.
@@ -23,16 +26,24 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
-from renkei.errors import KeyRingError
+from renkei.errors import KeyRetired, KeyRingError
 
-FORMAT = "renkei-keyring/1"
+# /2 adds version states. Files of /1 (no states) still load: a listed older version opens.
+# New files are written as /2 so that code which ignores states cannot open a retired key.
+FORMAT = "renkei-keyring/2"
+READABLE_FORMATS = ("renkei-keyring/1", FORMAT)
+CURRENT, GRACE, HISTORY, RETIRED = "current", "grace", "history", "retired"
+DEFAULT_GRACE_DAYS = 30
+TOKYO = ZoneInfo("Asia/Tokyo")
 SIV_KEY_BYTES = 64  # AES-256-SIV
 HMAC_KEY_BYTES = 32
 ENV_PATH = "RENKEI_KEYRING"
@@ -55,17 +66,38 @@ def _b64d(text: str) -> bytes:
 
 
 @dataclass
+class _State:
+    """The state of a version that is not current: grace (until a date), history or retired (on a date)."""
+
+    state: str
+    on: date | None = None  # grace: the last day it opens; retired: the day it was retired
+
+
+@dataclass
 class _Purpose:
     current: int
     keys: dict[int, bytes]
     sivs: dict[int, AESSIV] = field(default_factory=dict, repr=False)
+    states: dict[int, _State] = field(default_factory=dict)  # non-current versions only
+
+
+def _today_tokyo() -> date:
+    return datetime.now(TOKYO).date()
+
+
+def is_department(purpose: str) -> bool:
+    return purpose.startswith("dept:")
 
 
 class KeyRing:
-    """Versioned keys by purpose. Build with :meth:`load` or :meth:`generate`."""
+    """Versioned keys by purpose. Build with :meth:`load` or :meth:`generate`.
 
-    def __init__(self, purposes: dict[str, _Purpose]):
+    ``clock`` gives today's date (Asia/Tokyo by default) for grace periods; tests pin it.
+    """
+
+    def __init__(self, purposes: dict[str, _Purpose], clock: Callable[[], date] | None = None):
         self._purposes = purposes
+        self.clock = clock or _today_tokyo
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -103,8 +135,8 @@ class KeyRing:
 
     @classmethod
     def from_dict(cls, doc: dict, origin: str = "keyring") -> "KeyRing":
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise KeyRingError(f"{origin}: 'format' must be {FORMAT!r}; was this file written by `renkei keys init`?")
+        if not isinstance(doc, dict) or doc.get("format") not in READABLE_FORMATS:
+            raise KeyRingError(f"{origin}: 'format' must be one of {READABLE_FORMATS}; was this file written by `renkei keys init`?")
         purposes: dict[str, _Purpose] = {}
         for name, spec in (doc.get("purposes") or {}).items():
             try:
@@ -118,7 +150,7 @@ class KeyRing:
             for v, k in keys.items():
                 if len(k) != want:
                     raise KeyRingError(f"{origin}: purposes.{name}.keys.{v} must be {want} bytes, base64url-encoded")
-            purposes[name] = _Purpose(current, keys)
+            purposes[name] = _Purpose(current, keys, states=_read_states(origin, name, spec.get("states"), keys, current))
         for needed in ("link", "audit"):
             if needed not in purposes:
                 raise KeyRingError(f"{origin}: purpose {needed!r} is missing: regenerate with `renkei keys init`")
@@ -129,7 +161,11 @@ class KeyRing:
             "format": FORMAT,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "purposes": {
-                name: {"current": p.current, "keys": {str(v): _b64e(k) for v, k in sorted(p.keys.items())}}
+                name: {
+                    "current": p.current,
+                    "keys": {str(v): _b64e(k) for v, k in sorted(p.keys.items())},
+                    **({"states": {str(v): _state_dict(st) for v, st in sorted(p.states.items())}} if p.states else {}),
+                }
                 for name, p in sorted(self._purposes.items())
             },
         }
@@ -162,6 +198,83 @@ class KeyRing:
         except KeyError:
             raise KeyRingError(f"the keyring has no key for purpose {purpose!r}: add it with `renkei keys init` on a new ring") from None
 
+    def current(self, purpose: str) -> int:
+        """The version that seals new tokens of ``purpose``."""
+        return self._purpose(purpose).current
+
+    def state(self, purpose: str, version: int) -> str:
+        """``current``, ``grace``, ``history`` or ``retired`` (a grace period that ended counts as retired)."""
+        p = self._purpose(purpose)
+        if version not in p.keys:
+            raise KeyRingError(f"the keyring holds no {purpose} key version {version}: `renkei keys status` lists the versions")
+        if version == p.current:
+            return CURRENT
+        st = p.states.get(version)
+        if st is None:
+            return HISTORY
+        if st.state == GRACE and st.on is not None and self.clock() > st.on:
+            return RETIRED
+        return st.state
+
+    def status(self) -> list[dict]:
+        """Every purpose's versions with state and dates; never key material."""
+        out = []
+        for name in self.purposes():
+            p = self._purposes[name]
+            for v in sorted(p.keys):
+                st = p.states.get(v)
+                row = {"purpose": name, "version": v, "state": self.state(name, v)}
+                if st is not None and st.state == GRACE:
+                    row["grace_until"] = st.on.isoformat() if st.on else None
+                if st is not None and st.state == RETIRED:
+                    row["retired_on"] = st.on.isoformat() if st.on else None
+                out.append(row)
+        return out
+
+    def rotate(self, purpose: str, grace_days: int | None = None, today: date | None = None) -> int:
+        """Add a new version of ``purpose`` and make it current; returns it.
+
+        A department's previous version stays in ``grace`` for ``grace_days`` (default 30) so
+        extracts sealed before the department switched still load; the previous ``link`` or
+        ``audit`` version becomes ``history``: it opens old tokens (the re-seal, the audit
+        chain, a resident's history) and never seals.
+        """
+        p = self._purpose(purpose)
+        if grace_days is not None and not is_department(purpose):
+            raise KeyRingError(f"--grace-days applies to department keys only: the previous {purpose} version is kept "
+                               f"as history until `renkei keys retire --purpose {purpose} --version N`")
+        if grace_days is not None and grace_days < 0:
+            raise KeyRingError(f"--grace-days must be 0 or more, not {grace_days}")
+        today = today or self.clock()
+        new = max(p.keys) + 1
+        p.keys[new] = secrets.token_bytes(HMAC_KEY_BYTES if purpose == "audit" else SIV_KEY_BYTES)
+        if is_department(purpose):
+            days = DEFAULT_GRACE_DAYS if grace_days is None else grace_days
+            p.states[p.current] = _State(GRACE, today + timedelta(days=days))
+        else:
+            p.states[p.current] = _State(HISTORY)
+        p.current = new
+        return new
+
+    def retire(self, purpose: str, version: int, today: date | None = None) -> None:
+        """Refuse tokens of ``version`` from now on (the current version and audit keys cannot be retired)."""
+        p = self._purpose(purpose)
+        if version not in p.keys:
+            raise KeyRingError(f"the keyring holds no {purpose} key version {version}: `renkei keys status` lists the versions")
+        if purpose == "audit":
+            raise KeyRingError("audit key versions cannot be retired: the audit chain's older entries verify under them")
+        if version == p.current:
+            raise KeyRingError(f"{purpose} version {version} is current: rotate first (`renkei keys rotate --purpose {purpose}`)")
+        p.states[version] = _State(RETIRED, today or self.clock())
+
+    @staticmethod
+    def version_of(token: str | None) -> int | None:
+        """The key version a token or digest names (``v<N>.…``), None if it names none."""
+        head, dot, _ = (token or "").partition(".")
+        if not dot or not head.startswith("v") or not head[1:].isdigit():
+            return None
+        return int(head[1:])
+
     def _siv(self, purpose: str, version: int) -> AESSIV:
         p = self._purpose(purpose)
         siv = p.sivs.get(version)
@@ -170,6 +283,17 @@ class KeyRing:
                 raise KeyRingError(f"token sealed with {purpose} key version {version}, which this keyring does not hold")
             siv = p.sivs[version] = AESSIV(p.keys[version])
         return siv
+
+    def _refuse_retired(self, purpose: str, version: int) -> None:
+        p = self._purpose(purpose)
+        if version == p.current or version not in p.states or self.state(purpose, version) != RETIRED:
+            return
+        st = p.states[version]
+        when = f"its grace period ended {st.on.isoformat()}" if st.state == GRACE else f"retired on {st.on.isoformat() if st.on else '?'}"
+        fix = (f"the department re-exports with `renkei pseudonymize` under version {p.current}"
+               if is_department(purpose) else
+               f"re-seal the data under version {p.current} before retiring (`renkei keys reseal --purpose {purpose}`)")
+        raise KeyRetired(f"token sealed with {purpose} key version {version}, which is retired ({when}): {fix}")
 
     def seal(self, purpose: str, plaintext: str) -> str:
         """Deterministic AES-SIV token of ``plaintext`` under the purpose's current key."""
@@ -187,6 +311,7 @@ class KeyRing:
             raw = None
         if v is None or raw is None:
             raise KeyRingError(f"not a {purpose} token (expected 'v<N>.<base64url>')")
+        self._refuse_retired(purpose, v)
         try:
             return self._siv(purpose, v).decrypt(raw, [purpose.encode("ascii")]).decode("utf-8")
         except (InvalidTag, UnicodeDecodeError):
@@ -196,19 +321,67 @@ class KeyRing:
         """Open a token of one purpose and seal its plaintext for another, in memory only."""
         return self.seal(to_purpose, self.open(from_purpose, token))
 
-    def digest(self, normalized_value: str) -> str:
-        """Keyed HMAC-SHA256 digest of an already normalised quasi-identifier."""
-        p = self._purpose("audit")
-        mac = hmac.new(p.keys[p.current], normalized_value.encode("utf-8"), hashlib.sha256).hexdigest()
-        return f"v{p.current}.{mac}"
+    def lookup_tokens(self, purpose: str, plaintext: str) -> list[str]:
+        """The token of ``plaintext`` under every version that still opens, current first.
 
-    def mac(self, message: bytes) -> str:
-        """HMAC-SHA256 (hex) of raw bytes under the current audit key."""
+        For finding history sealed before a rotation; never for writing (that is :meth:`seal`).
+        """
+        p = self._purpose(purpose)
+        versions = [p.current] + sorted((v for v in p.keys if v != p.current and self.state(purpose, v) != RETIRED), reverse=True)
+        aad = [purpose.encode("ascii")]
+        return [f"v{v}.{_b64e(self._siv(purpose, v).encrypt(plaintext.encode('utf-8'), aad))}" for v in versions]
+
+    def digest(self, normalized_value: str, version: int | None = None) -> str:
+        """Keyed HMAC-SHA256 digest of an already normalised quasi-identifier (current audit key
+        unless ``version`` names another held one)."""
+        v = self._audit_version(version)
+        return f"v{v}.{self.mac(normalized_value.encode('utf-8'), version=v)}"
+
+    def mac(self, message: bytes, version: int | None = None) -> str:
+        """HMAC-SHA256 (hex) of raw bytes under the current audit key, or under ``version``.
+
+        Any held version verifies: the audit chain's older entries name the version they were
+        written under.
+        """
         p = self._purpose("audit")
-        return hmac.new(p.keys[p.current], message, hashlib.sha256).hexdigest()
+        return hmac.new(p.keys[self._audit_version(version)], message, hashlib.sha256).hexdigest()
+
+    def _audit_version(self, version: int | None) -> int:
+        p = self._purpose("audit")
+        if version is None:
+            return p.current
+        if version not in p.keys:
+            raise KeyRingError(f"the keyring holds no audit key version {version}: restore the keyring that wrote it")
+        return version
 
     def __repr__(self) -> str:  # never print key material
         return f"KeyRing(purposes={self.purposes()})"
+
+
+def _read_states(origin: str, name: str, doc: object, keys: dict[int, bytes], current: int) -> dict[int, _State]:
+    if doc is None:
+        return {}
+    out: dict[int, _State] = {}
+    try:
+        for v, spec in dict(doc).items():
+            version, state = int(v), spec["state"]
+            on = spec.get("grace_until") if state == GRACE else spec.get("retired_on")
+            out[version] = _State(state, date.fromisoformat(on) if on else None)
+    except (KeyError, TypeError, ValueError):
+        raise KeyRingError(f"{origin}: purposes.{name}.states must map a version to "
+                           "{state: grace|history|retired, grace_until|retired_on: YYYY-MM-DD}") from None
+    for v, st in out.items():
+        if v not in keys or v == current or st.state not in (GRACE, HISTORY, RETIRED) or (st.state == GRACE and st.on is None):
+            raise KeyRingError(f"{origin}: purposes.{name}.states.{v} is invalid: only a held, non-current version has a "
+                               "state, one of grace (with grace_until), history or retired")
+    return out
+
+
+def _state_dict(st: _State) -> dict:
+    out: dict = {"state": st.state}
+    if st.on is not None:
+        out["grace_until" if st.state == GRACE else "retired_on"] = st.on.isoformat()
+    return out
 
 
 def keyring_path() -> Path:

@@ -159,6 +159,9 @@ def audit_links(conn: sa.Connection, as_of: date, run_id: str, grace_days: int |
     found, expected = findings.found, findings.expected
     q = review_queue.c
     known = _queued(conn, scope)
+    # An item keeps its id when a link-key rotation re-seals its record_key (an nhi ERK).
+    natural = {(r.source, r.record_key, r.reason): iid for iid, r in known.items()}
+    found = {natural.get((f["source"], f["record_key"], f["reason"]), iid): f for iid, f in found.items()}
     new, changed = [], []
     reopened = resolved = 0
     for iid, f in found.items():

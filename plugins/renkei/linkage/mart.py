@@ -22,8 +22,10 @@ from datetime import date, datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.keys.rotation import hold_link_key
 from renkei.linkage import audit, bulk, changes
 from renkei.linkage.audit import move_grace_days
+from renkei.linkage.subjects import assign_subjects
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
     engine,
@@ -194,6 +196,7 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None =
     # One snapshot on PostgreSQL: the ingest runs read first are exactly those whose rows the
     # build sees, so a run committing meanwhile is left whole to the next build.
     with eng.connect().execution_options(**opts) as conn, conn.begin():
+        hold_link_key(conn)  # first statement: no build while ERKs are re-sealed (renkei.keys.rotation)
         bulk.tune(conn)
         prev = _previous_build(conn)
         seq = (prev.seq if prev else 0) + 1
@@ -225,6 +228,7 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None =
             touched = None
         mode = INCREMENTAL if incremental else FULL
 
+        assign_subjects(conn, run_id)  # a stable notice identity for ERKs new to the mart
         residents = conn.execute(sa.select(sa.func.count()).select_from(mart_residents)).scalar_one()
         touched = residents if touched is None else touched
         changes.consume(conn, runs, seq)

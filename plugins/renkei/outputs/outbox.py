@@ -29,8 +29,10 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 
 from renkei.config import load_sources
+from renkei.keys.rotation import hold_link_key
 from renkei.linkage import bulk
 from renkei.linkage.review import held_erks
+from renkei.linkage.subjects import assign_subjects
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules
 from renkei.services.dates import fiscal_year, fiscal_year_start
 from renkei.services.event_notices import Event, Subscription, calendar, evaluate_on_calendar, load_event_rules
@@ -47,6 +49,7 @@ from renkei.warehouse import (
     services_held,
     services_runs,
     staging_table,
+    subjects,
     upsert,
 )
 
@@ -186,9 +189,9 @@ def _facts(draft: NoticeDraft, shared: dict[int, tuple[NoticeDraft, str]]) -> st
 
 
 def _row(erk: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str,
-         shared: dict[int, tuple[NoticeDraft, str]] | None = None, nid: str | None = None) -> dict:
+         shared: dict[int, tuple[NoticeDraft, str]] | None, nid: str) -> dict:
     return {
-        "notice_id": nid or notice_id(draft.rule_id, erk, draft.period_key, draft.kind),
+        "notice_id": nid,  # hashes the resident's subject key, not the ERK (renkei.linkage.subjects)
         "service": draft.service, "kind": draft.kind, "erk": erk,
         "rule_id": draft.rule_id, "rule_version": draft.rule_version,
         "subject": draft.vaccine_code, "dose_number": draft.dose_number,
@@ -285,6 +288,12 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
     every = services is None
     opts = {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
     rows: list[dict] = []
+    # The link-key version this run reads under; every mart ERK has its subject key (notice
+    # identity) before the read (an ERK a concurrent build adds gets its notices on the run that
+    # build triggers).
+    with eng.begin() as conn:
+        link_version = hold_link_key(conn)
+        assign_subjects(conn, run_id)
     # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
     # transaction upgraded to a writer fails if another writer came in between).
     with eng.connect().execution_options(**opts) as conn, conn.begin():
@@ -302,12 +311,15 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
             n = notices.c
             seen = set(conn.execute(sa.select(n.notice_id).where(_among(n.erk, erks)),
                                     execution_options={"yield_per": FETCH}).scalars())
+            subject_of = dict(conn.execute(sa.select(subjects.c.erk, subjects.c.subject_key)
+                                           .where(_among(subjects.c.erk, erks)),
+                                           execution_options={"yield_per": FETCH}).all())
             for name in services or list(SERVICES):
                 for erk, d in SERVICES[name](conn, as_of, erks):
-                    if erk in held:
+                    if erk in held or erk not in subject_of:
                         continue
                     by_kind[f"{d.service}/{d.kind}"] += 1
-                    nid = notice_id(d.rule_id, erk, d.period_key, d.kind)
+                    nid = notice_id(d.rule_id, subject_of[erk], d.period_key, d.kind)
                     if nid not in seen:
                         seen.add(nid)
                         rows.append(_row(erk, d, as_of, run_id, now, shared, nid))
@@ -317,6 +329,7 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
             touched = len(scope)
     mode = FULL if scope is None else INCREMENTAL
     with eng.begin() as conn:
+        hold_link_key(conn, expect=link_version)
         new = _insert_new(conn, rows)
         if every:
             _record(conn, run_id, as_of, link_seq, digest, mode, touched, held, now)

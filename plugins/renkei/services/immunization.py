@@ -85,7 +85,11 @@ class NoticeDraft:
 
 
 def notice_id(rule_id: str, subject_key: str, period_key: str, kind: str) -> str:
-    """Deterministic notice id: first 32 hex chars of sha256 of "rule_id|ERK|period_key|kind"."""
+    """Deterministic notice id: first 32 hex chars of sha256 of "rule_id|subject_key|period_key|kind".
+
+    The subject key is the resident's stable key of renkei.linkage.subjects, not the ERK, so a
+    link-key rotation changes no notice id.
+    """
     parts = (rule_id, subject_key, period_key, kind)
     if any("|" in part for part in parts):
         raise ValueError("notice id parts must not contain '|'; it separates them in the digest")

@@ -1,0 +1,33 @@
+"""Stable notice identity: each ERK of the mart gets a subject key once, and keeps it.
+
+A notice id hashes the subject key, not the ERK (renkei.services.immunization.notice_id), so a
+link-key rotation — which rewrites every ERK, ``subjects.erk`` included — changes no notice id
+and republishes nothing. The subject key is random rather than derived from the first ERK: a
+digest of the old ERK would let whoever holds a leaked old link key test a guessed resident code
+against the warehouse after the rotation meant to lock them out.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import sqlalchemy as sa
+
+from renkei.bulk import insert_rows
+from renkei.warehouse import mart_residents, subjects
+
+SUBJECT_KEY_BYTES = 16  # 32 hex characters
+
+
+def assign_subjects(conn: sa.Connection, run_id: str) -> int:
+    """Give every mart ERK that has no subject key a new one (bulk insert); returns how many."""
+    has = sa.select(subjects.c.erk).where(subjects.c.erk == mart_residents.c.erk).exists()
+    new = list(conn.execute(sa.select(mart_residents.c.erk).where(~has)).scalars())
+    rows = [(erk, secrets.token_hex(SUBJECT_KEY_BYTES), run_id) for erk in new]
+    return insert_rows(conn, subjects, ["erk", "subject_key", "first_run_id"], rows)
+
+
+def subject_keys(conn: sa.Connection, run_id: str) -> dict[str, str]:
+    """ERK → subject key for the whole mart (assigning missing ones first)."""
+    assign_subjects(conn, run_id)
+    return dict(conn.execute(sa.select(subjects.c.erk, subjects.c.subject_key)).all())
