@@ -254,6 +254,9 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"under the current version (`renkei keys status`)."
             )
         _insert_staging(conn, source, land, stage, erks, passing, run_id)
+        if loaded >= ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
+            # Fresh statistics for the link step's joins (autovacuum would come too late).
+            conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(stage.name)}")
         if quarantined:
             _insert_quarantine(conn, source, land, failing, run_id, now)
             _fail_safe(conn, source, stage, land, failing, now)
@@ -279,6 +282,7 @@ def _clear_landing(conn: sa.Connection, land: sa.Table, run_id: str) -> None:
         conn.execute(land.delete().where(land.c.run_id == run_id))
 
 
+ANALYZE_AFTER_ROWS = 100_000  # a bulk load; small incremental batches leave the statistics as they are
 PSEUDONYM_COLUMNS = ("dept_pseudonym", "household_pseudonym")  # department-sealed, re-sealed as ERKs
 UNOPENED = "pseudonym_does_not_authenticate"
 UNOPENED_RETIRED = "pseudonym_key_retired"
