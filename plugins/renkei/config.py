@@ -113,7 +113,7 @@ def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
             quarantine_fail_safe=spec.get("quarantine_fail_safe"),
             sweep_cron=str(spec.get("sweep_cron", defaults.get("sweep_cron", "*/5 * * * *"))),
             chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
-            validate_chunk_rows=int(spec.get("validate_chunk_rows", defaults.get("validate_chunk_rows", 200000))),
+            validate_chunk_rows=int(spec.get("validate_chunk_rows", defaults.get("validate_chunk_rows", 100000))),
         )
         if src.quarantine_fail_safe and src.quarantine_fail_safe not in src.extract_columns:
             raise ConfigError(f"{where}.quarantine_fail_safe: {src.quarantine_fail_safe!r} is not a column of the source")

@@ -27,6 +27,7 @@ from renkei.bulk import insert_rows
 from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
 from renkei.keys.rotation import hold_link_key
+from renkei.linkage.bulk import refilled
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
@@ -253,10 +254,7 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"sealed with a retired key version: for those the department re-exports with `renkei pseudonymize` "
                 f"under the current version (`renkei keys status`)."
             )
-        _insert_staging(conn, source, land, stage, erks, passing, run_id)
-        if loaded >= ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
-            # Fresh statistics for the link step's joins (autovacuum would come too late).
-            conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(stage.name)}")
+        _insert_staging(conn, source, land, stage, erks, passing, run_id, loaded)
         if quarantined:
             _insert_quarantine(conn, source, land, failing, run_id, now)
             _fail_safe(conn, source, stage, land, failing, now)
@@ -357,7 +355,8 @@ def _digest(land: sa.Table, source: Source):
     return row_digest(*[land.c[c] for c in content_columns(source)])
 
 
-def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks: sa.Table, passing, run_id: str) -> None:
+def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks: sa.Table, passing, run_id: str,
+                    loaded: int) -> None:
     """Upsert the passing rows into staging with their ERKs, typed dates and digests."""
     date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
     dept = erks.alias("dept_erk") if "dept_pseudonym" in land.c else None
@@ -384,18 +383,27 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
     # Two passing rows of one batch may share a staging key only if they passed uniqueness on
     # different keys (e.g. two department pseudonyms of one resident during a key's grace
     # period): the later row wins, as it would across runs.
-    if staging_key(source) != "erk":
-        pass  # a department key column: validation already quarantined repeats within the batch
-    elif conn.dialect.name == "postgresql":
+    if conn.dialect.name != "postgresql":  # SQLite applies the rows in order: the later row's update wins
+        query = query.order_by(land.c.source_row)
+    elif staging_key(source) == "erk":  # (a department key column: validation quarantined repeats)
         from sqlalchemy.dialects.postgresql import distinct_on  # noqa: PLC0415
 
         query = query.ext(distinct_on(key)).order_by(key, land.c.source_row.desc())
-    else:  # SQLite applies the rows in order, so the later row's update wins
-        query = query.order_by(land.c.source_row)
     insert = _dialect_insert(conn)(stage).from_select(list(values), query)
+    if conn.dialect.name == "postgresql" and conn.execute(sa.select(sa.literal(1)).select_from(stage).limit(1)).first() is None:
+        # A first (or full re-)load into an empty table: keys and indexes are built after the
+        # insert in one sorted pass instead of millions of random b-tree inserts; the rows' keys
+        # are unique (validation quarantines repeated keys; DISTINCT ON above for ERKs), and
+        # were one not, adding the primary key would fail and roll the load back.
+        with refilled(conn, [stage]):
+            conn.execute(insert)
+        return
     pk = [c.name for c in stage.primary_key.columns]
     conn.execute(insert.on_conflict_do_update(
         index_elements=pk, set_={k: insert.excluded[k] for k in values if k not in pk}))
+    if conn.dialect.name == "postgresql" and loaded >= ANALYZE_AFTER_ROWS:
+        # Fresh statistics for the link step's joins (autovacuum would come too late).
+        conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(stage.name)}")
 
 
 def _dialect_insert(conn: sa.Connection):

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import sqlalchemy as sa
-from sqlalchemy.schema import AddConstraint, CreateIndex, DropIndex
+from sqlalchemy.schema import CreateIndex, DropIndex
 
 PG_SETTINGS = {"work_mem": "256MB", "maintenance_work_mem": "512MB", "jit": "off"}
 
@@ -62,7 +62,12 @@ def refilled(conn: sa.Connection, tables: Sequence[sa.Table]) -> Iterator[None]:
                 conn.execute(DropIndex(ix))
     yield
     for t in tables:
-        conn.execute(AddConstraint(t.primary_key))
+        # Not AddConstraint(t.primary_key): it marks the shared metadata's constraint as created
+        # by ALTER, so a later CREATE TABLE from the same metadata (another warehouse in this
+        # process) would silently omit the primary key.
+        cols = ", ".join(prep.quote(c.name) for c in t.primary_key.columns)
+        name = t.primary_key.name or f"{t.name}_pkey"
+        conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} ADD CONSTRAINT {prep.quote(name)} PRIMARY KEY ({cols})")
         for ix in t.indexes:
             conn.execute(CreateIndex(ix))
     analyze(conn, tables)
