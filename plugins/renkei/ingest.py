@@ -223,6 +223,11 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
     stage = staging_table(source)
     now = _now()
     with wh.begin() as conn:
+        # On a fresh warehouse this records its link-key version (reading existing ERKs) in a short
+        # transaction of its own: inside the load's, those reads would hold locks for the whole
+        # load and deadlock with another source's load rebuilding its staging table's indexes.
+        hold_link_key(conn, ring)
+    with wh.begin() as conn:
         hold_link_key(conn, ring)  # refuses while the warehouse's ERKs are re-sealed (renkei.keys.rotation)
         state = conn.execute(
             sa.select(ingest_runs.c.state, ingest_runs.c.watermark_to).where(
