@@ -319,14 +319,10 @@ def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, thi
     result = conn.execute(sa.select(tokens.c.token), execution_options={"yield_per": source.chunk_rows})
     n = 0
     for part in result.scalars().partitions():
-        rows = []
-        for token in part:
-            try:
-                rows.append((token, ring.reseal(source.key_purpose, token, "link"), None))
-            except KeyRetired:
-                rows.append((token, None, UNOPENED_RETIRED))
-            except KeyRingError:
-                rows.append((token, None, UNOPENED))
+        rows = [
+            (token, erk, None if err is None else UNOPENED_RETIRED if isinstance(err, KeyRetired) else UNOPENED)
+            for token, (erk, err) in zip(part, ring.reseal_many(source.key_purpose, part, "link"))
+        ]
         n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
     return n
 

@@ -219,3 +219,30 @@ def test_cli_rotate_status_retire(tmp_path, capsys):
     assert "dept:nhi                       1  retired  since" in out and "dept:nhi                       2  current" in out
     for spec in json.loads(open(path).read())["purposes"].values():
         assert not any(k in out for k in spec["keys"].values())
+
+
+def test_reseal_many_matches_reseal_token_by_token():
+    """The batch re-seal gives what reseal gives, or the error reseal raises, for every kind of token."""
+    from datetime import date
+
+    from renkei.errors import KeyRetired, KeyRingError
+    from renkei.keys.ring import KeyRing
+
+    ring = KeyRing.generate()
+    old = ring.seal("dept:nhi", "10000000001")
+    ring.rotate("dept:nhi", grace_days=0, today=date(2025, 1, 1))  # v1 is retired from 2025-01-01 on
+    good = [ring.seal("dept:nhi", f"1000000{i:04d}") for i in range(50)]
+    body = good[0].split(".", 1)[1]
+    tampered = good[0][:-2] + ("AA" if not good[0].endswith("AA") else "BB")
+    tokens = good + [old, tampered, good[1][:20], "v9." + body, "x1." + body, "v1.", "", "v1.@@@"]
+    batch = ring.reseal_many("dept:nhi", tokens, "link")
+    assert len(batch) == len(tokens)
+    for token, (erk, err) in zip(tokens, batch):
+        try:
+            expected = ring.reseal("dept:nhi", token, "link")
+        except KeyRingError as exc:
+            assert erk is None and type(err) is type(exc), token
+            assert isinstance(err, KeyRetired) == isinstance(exc, KeyRetired)
+        else:
+            assert (erk, err) == (expected, None)
+    assert sum(err is None for _, err in batch) >= 50

@@ -321,6 +321,52 @@ class KeyRing:
         """Open a token of one purpose and seal its plaintext for another, in memory only."""
         return self.seal(to_purpose, self.open(from_purpose, token))
 
+    def reseal_many(self, from_purpose: str, tokens: list[str], to_purpose: str) -> list[tuple[str | None, KeyRingError | None]]:
+        """:meth:`reseal` for a batch: per token (new token, None) or (None, the error
+        :meth:`reseal` would raise). Key lookups and version checks are done once per version,
+        so a batch costs little more than its AES-SIV calls."""
+        dst = self._purpose(to_purpose)
+        seal = self._siv(to_purpose, dst.current).encrypt
+        prefix, ad_from, ad_to = f"v{dst.current}.", [from_purpose.encode("ascii")], [to_purpose.encode("ascii")]
+        openers: dict[str, object] = {}
+        out: list[tuple[str | None, KeyRingError | None]] = []
+        for token in tokens:
+            version, _, body = (token or "").partition(".")
+            try:  # the checks in open()'s order, so each token fails with open()'s error
+                raw = _b64d(body) if body and version[1:].isdigit() and version.startswith("v") else None
+            except ValueError:
+                raw = None
+            if raw is None:
+                out.append((None, KeyRingError(f"not a {from_purpose} token (expected 'v<N>.<base64url>')")))
+                continue
+            opener = openers.get(version)
+            if opener is None:
+                opener = openers[version] = self._opener(from_purpose, version)
+            if isinstance(opener, KeyRingError):
+                out.append((None, opener))
+                continue
+            try:
+                plain = opener(raw, ad_from)
+            except InvalidTag:
+                plain = None
+            if plain is None:
+                out.append((None, KeyRingError(
+                    f"{from_purpose} token does not authenticate under key version {version[1:]} (tampered, truncated or wrong key)")))
+                continue
+            out.append((prefix + _b64e(seal(plain, ad_to)), None))
+        return out
+
+    def _opener(self, purpose: str, version: str):
+        """The AES-SIV decrypt of a token version (``"v2"``), or the KeyRingError opening it raises."""
+        try:
+            v = int(version[1:]) if version.startswith("v") and version[1:].isdigit() else None
+            if v is None:
+                raise KeyRingError(f"not a {purpose} token (expected 'v<N>.<base64url>')")
+            self._refuse_retired(purpose, v)
+            return self._siv(purpose, v).decrypt
+        except KeyRingError as exc:
+            return exc
+
     def lookup_tokens(self, purpose: str, plaintext: str) -> list[str]:
         """The token of ``plaintext`` under every version that still opens, current first.
 
