@@ -295,7 +295,9 @@ def _erk_map(conn: sa.Connection, source: Source) -> sa.Table:
     """A temporary table: department pseudonym → ERK, or the reason it does not open."""
     table = sa.Table(
         f"tmp_erks_{source.name}", sa.MetaData(),
-        sa.Column("token", sa.Text, primary_key=True),
+        # No key: the tokens arrive distinct, and the joins below hash the whole table anyway
+        # (a b-tree of a million random tokens cost more than the AES-SIV calls themselves).
+        sa.Column("token", sa.Text, nullable=False),
         sa.Column("erk", sa.String(120)),
         sa.Column("reason", sa.String(64)),  # pseudonym_does_not_authenticate | pseudonym_key_retired
         prefixes=["TEMPORARY"],
@@ -324,6 +326,8 @@ def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, thi
             for token, (erk, err) in zip(part, ring.reseal_many(source.key_purpose, part, "link"))
         ]
         n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {erks.name}")  # the planner sizes the joins by it
     return n
 
 
