@@ -233,7 +233,9 @@ def baseline(raw_dir: Path, url: str, sources, say) -> dict[str, float]:
 
 
 def change_records(extracts_url: str, sources, n: int, seed: int) -> dict[str, int]:
-    """Touch ``n`` extract rows spread over the sources (new timestamp, one value changed)."""
+    """Re-stamp ``n`` extract rows spread over the sources (a new ``updated_at``, as a department
+    re-export of those records): every stage runs for them, and the link and services steps
+    rebuild and re-evaluate their residents."""
     import random
 
     from renkei.keys.adapter import now_jst
