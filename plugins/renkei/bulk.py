@@ -1,17 +1,27 @@
-"""Bulk writes into warehouse tables: COPY on PostgreSQL, executemany elsewhere.
+"""Bulk work on warehouse tables, the dialect seam for city-sized batches.
 
-Rows are tuples in the order of the named columns. On PostgreSQL an upsert copies the batch
-into a temporary table and merges it with one ``INSERT … SELECT … ON CONFLICT`` statement, so
-a million rows cost one round trip per chunk instead of one per row.
+- Appends: rows (tuples in the order of the named columns) by COPY on PostgreSQL, executemany
+  elsewhere — one round trip per chunk instead of one per row.
+- Rebuilds: PostgreSQL gets a larger ``work_mem`` (aggregates sort millions of rows), no JIT
+  (compiling a one-off plan costs more than it saves), ``TRUNCATE`` instead of ``DELETE`` and a
+  table's keys and indexes dropped while it is refilled and built afterwards in one sorted pass,
+  then ``ANALYZE`` so the next step plans on real row counts. SQLite keeps ``DELETE`` and its
+  indexes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import sqlalchemy as sa
+from sqlalchemy.schema import CreateIndex, DropIndex
 
-from renkei.warehouse import upsert
+PG_SETTINGS = {"work_mem": "256MB", "maintenance_work_mem": "512MB", "jit": "off"}
+
+
+def _pg(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "postgresql"
 
 
 def _quoted(conn: sa.Connection, names: Sequence[str]) -> str:
@@ -33,7 +43,7 @@ def _pg_copy(conn: sa.Connection, table_name: str, columns: Sequence[str], rows:
 
 def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     """Append rows (tuples in ``columns`` order); returns how many."""
-    if conn.dialect.name == "postgresql":
+    if _pg(conn):
         return _pg_copy(conn, table.name, columns, rows)
     batch = [dict(zip(columns, r)) for r in rows]
     if batch:
@@ -41,31 +51,53 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], ro
     return len(batch)
 
 
-def upsert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[Sequence]) -> int:
-    """Insert rows, replacing the non-key columns of rows whose primary key exists.
+def tune(conn: sa.Connection) -> None:
+    """Transaction-local settings for set-based work over the whole city (PostgreSQL only)."""
+    if _pg(conn):
+        for name, value in PG_SETTINGS.items():
+            conn.execute(sa.select(sa.func.set_config(name, value, True)))
 
-    ``rows`` must not repeat a primary key (PostgreSQL refuses to update one row twice in a
-    statement); callers dedupe first.
+
+def analyze(conn: sa.Connection, tables: Sequence[sa.Table]) -> None:
+    """Refresh the planner statistics of freshly filled tables (PostgreSQL only)."""
+    if _pg(conn):
+        prep = conn.dialect.identifier_preparer
+        for t in tables:
+            conn.exec_driver_sql(f"ANALYZE {prep.format_table(t)}")
+
+
+@contextmanager
+def refilled(conn: sa.Connection, tables: Sequence[sa.Table]) -> Iterator[None]:
+    """Empty ``tables`` for a full rebuild; the body fills them again.
+
+    On PostgreSQL the tables are truncated and their primary keys and indexes dropped, then
+    rebuilt after the body (a sorted build instead of millions of random b-tree inserts) and
+    the tables analyzed. All of it is transactional: a failed build leaves the old mart.
     """
-    if not rows:
-        return 0
-    if conn.dialect.name != "postgresql":
-        upsert(conn, table, [dict(zip(columns, r)) for r in rows])
-        return len(rows)
+    if not _pg(conn):
+        for t in tables:
+            conn.execute(t.delete())
+        yield
+        return
     prep = conn.dialect.identifier_preparer
-    tmp = f"tmp_{table.name}"
-    conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {prep.quote(tmp)} "
-        f"(LIKE {prep.quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"
-    )
-    conn.exec_driver_sql(f"TRUNCATE {prep.quote(tmp)}")
-    _pg_copy(conn, tmp, columns, rows)
-    pk = [c.name for c in table.primary_key.columns]
-    cols = _quoted(conn, columns)
-    updates = ", ".join(f"{prep.quote(c)} = EXCLUDED.{prep.quote(c)}" for c in columns if c not in pk)
-    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-    conn.exec_driver_sql(
-        f"INSERT INTO {prep.quote(table.name)} ({cols}) SELECT {cols} FROM {prep.quote(tmp)} "
-        f"ON CONFLICT ({_quoted(conn, pk)}) {action}"
-    )
-    return len(rows)
+    conn.exec_driver_sql("TRUNCATE " + ", ".join(prep.format_table(t) for t in tables))
+    insp = sa.inspect(conn)
+    for t in tables:
+        pk = insp.get_pk_constraint(t.name).get("name")
+        if pk:
+            conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} DROP CONSTRAINT {prep.quote(pk)}")
+        existing = {ix["name"] for ix in insp.get_indexes(t.name)}
+        for ix in t.indexes:
+            if ix.name in existing:
+                conn.execute(DropIndex(ix))
+    yield
+    for t in tables:
+        # Not AddConstraint(t.primary_key): it marks the shared metadata's constraint as created
+        # by ALTER, so a later CREATE TABLE from the same metadata (another warehouse in this
+        # process) would silently omit the primary key.
+        cols = ", ".join(prep.quote(c.name) for c in t.primary_key.columns)
+        name = t.primary_key.name or f"{t.name}_pkey"
+        conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} ADD CONSTRAINT {prep.quote(name)} PRIMARY KEY ({cols})")
+        for ix in t.indexes:
+            conn.execute(CreateIndex(ix))
+    analyze(conn, tables)

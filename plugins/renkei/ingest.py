@@ -23,15 +23,15 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 
 from renkei.config import Source
-from renkei.bulk import insert_rows
+from renkei.bulk import analyze, insert_rows, refilled
 from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
 from renkei.keys.rotation import hold_link_key
-from renkei.linkage.bulk import refilled
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
     as_date,
+    dialect_insert,
     engine,
     ensure_schema,
     extract_table,
@@ -326,8 +326,7 @@ def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, thi
             for token, (erk, err) in zip(part, ring.reseal_many(source.key_purpose, part, "link"))
         ]
         n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ANALYZE {erks.name}")  # the planner sizes the joins by it
+    analyze(conn, [erks])  # the planner sizes the joins by it
     return n
 
 
@@ -394,7 +393,7 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
         from sqlalchemy.dialects.postgresql import distinct_on  # noqa: PLC0415
 
         query = query.ext(distinct_on(key)).order_by(key, land.c.source_row.desc())
-    insert = _dialect_insert(conn)(stage).from_select(list(values), query)
+    insert = dialect_insert(conn)(stage).from_select(list(values), query)
     if conn.dialect.name == "postgresql" and conn.execute(sa.select(sa.literal(1)).select_from(stage).limit(1)).first() is None:
         # A first (or full re-)load into an empty table: keys and indexes are built after the
         # insert in one sorted pass instead of millions of random b-tree inserts; the rows' keys
@@ -406,17 +405,8 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
     pk = [c.name for c in stage.primary_key.columns]
     conn.execute(insert.on_conflict_do_update(
         index_elements=pk, set_={k: insert.excluded[k] for k in values if k not in pk}))
-    if conn.dialect.name == "postgresql" and loaded >= ANALYZE_AFTER_ROWS:
-        # Fresh statistics for the link step's joins (autovacuum would come too late).
-        conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.quote(stage.name)}")
-
-
-def _dialect_insert(conn: sa.Connection):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert  # noqa: PLC0415
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # noqa: PLC0415
-    return insert
+    if loaded >= ANALYZE_AFTER_ROWS:
+        analyze(conn, [stage])  # fresh statistics for the link step's joins (autovacuum comes too late)
 
 
 def _insert_quarantine(conn, source: Source, land: sa.Table, failing, run_id: str, now: str) -> None:
@@ -428,7 +418,7 @@ def _insert_quarantine(conn, source: Source, land: sa.Table, failing, run_id: st
         sa.literal(run_id, sa.String(250)), sa.literal(run_id, sa.String(250)), sa.literal(now, sa.String(32)),
     ).where(failing)
     cols = ["source", "row_hash", "source_row", "record_key", "reason", "first_run_id", "last_run_id", "quarantined_at"]
-    insert = _dialect_insert(conn)(quarantine).from_select(cols, query)
+    insert = dialect_insert(conn)(quarantine).from_select(cols, query)
     conn.execute(insert.on_conflict_do_nothing(index_elements=["source", "row_hash"]))
     conn.execute(
         quarantine.update()

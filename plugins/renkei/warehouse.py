@@ -238,17 +238,22 @@ def source_tables() -> None:
     _declare_source_tables()
 
 
-def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], update: bool = True) -> None:
-    """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING), per dialect."""
-    if not rows:
-        return
+def dialect_insert(conn: sa.Connection):
+    """The engine's ``insert`` construct, the one with ON CONFLICT (upserts)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - other engines: add their upsert here (the one dialect seam)
         raise NotImplementedError(f"upsert on {conn.dialect.name}")
-    stmt = insert(table)
+    return insert
+
+
+def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], update: bool = True) -> None:
+    """INSERT … ON CONFLICT (primary key) DO UPDATE (or DO NOTHING), per dialect."""
+    if not rows:
+        return
+    stmt = dialect_insert(conn)(table)
     pk = [c.name for c in table.primary_key.columns]
     if update:
         cols = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in pk and c.name in rows[0]}

@@ -21,9 +21,10 @@ from datetime import date, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
+from renkei import bulk
 from renkei.config import load_sources
 from renkei.keys.rotation import hold_link_key
-from renkei.linkage import audit, bulk, changes
+from renkei.linkage import audit, changes
 from renkei.linkage.audit import move_grace_days
 from renkei.linkage.subjects import assign_subjects
 from renkei.sources.values import format_timestamp

@@ -28,9 +28,9 @@ from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
+from renkei import bulk
 from renkei.config import load_sources
 from renkei.keys.rotation import hold_link_key
-from renkei.linkage import bulk
 from renkei.linkage.review import held_erks
 from renkei.linkage.subjects import assign_subjects
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules

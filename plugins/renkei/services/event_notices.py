@@ -79,14 +79,8 @@ def evaluate_events(
     already_sent: Iterable[tuple[str, date]] = (),
 ) -> list[NoticeDraft]:
     """The event notices generated for one resident on `on`, earliest events first."""
-    sent: dict[str, date] = {}
-    for event_id, sent_on in already_sent:
-        sent[event_id] = min(sent_on, sent.get(event_id, sent_on))
-    room = rules.cap_notices - _busiest_run(list(sent.values()), on, rules.cap_days)
-    if room <= 0:
-        return []
-    active = [s for s in subscriptions if _active(s, on)]
-    if not active:
+    sent, room, active = _capacity(subscriptions, on, rules, already_sent)
+    if room <= 0 or not active:
         return []
     last = on + timedelta(days=rules.lead_days)
     picked: dict[str, tuple[datetime, Event]] = {}
@@ -120,6 +114,18 @@ def calendar(events: list[Event], on: date, rules: EventRules) -> Calendar:
     return Calendar(on, by_topic)
 
 
+def _capacity(
+    subscriptions: list[Subscription], on: date, rules: EventRules, already_sent: Iterable[tuple[str, date]]
+) -> tuple[dict[str, date], int, list[Subscription]]:
+    """Events already told (earliest date each), notices still allowed under the cap on `on`,
+    and the subscriptions active that day."""
+    sent: dict[str, date] = {}
+    for event_id, sent_on in already_sent:
+        sent[event_id] = min(sent_on, sent.get(event_id, sent_on))
+    room = rules.cap_notices - _busiest_run(list(sent.values()), on, rules.cap_days)
+    return sent, room, [s for s in subscriptions if _active(s, on)]
+
+
 def evaluate_on_calendar(
     subscriptions: list[Subscription],
     cal: Calendar,
@@ -129,14 +135,8 @@ def evaluate_on_calendar(
     """evaluate_events(subscriptions, events, cal.on, rules, already_sent) for the calendar's
     events: the same drafts, without converting every event's start for every resident."""
     on = cal.on
-    sent: dict[str, date] = {}
-    for event_id, sent_on in already_sent:
-        sent[event_id] = min(sent_on, sent.get(event_id, sent_on))
-    room = rules.cap_notices - _busiest_run(list(sent.values()), on, rules.cap_days)
-    if room <= 0:
-        return []
-    active = [s for s in subscriptions if _active(s, on)]
-    if not active:
+    sent, room, active = _capacity(subscriptions, on, rules, already_sent)
+    if room <= 0 or not active:
         return []
     picked: dict[str, tuple[datetime, Event]] = {}
     for s in active:
