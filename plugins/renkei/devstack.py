@@ -40,6 +40,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def components_env(port: int) -> dict[str, str]:
+    """What separately started Airflow components must agree on: the api-server's port, where
+    its Execution API is, and its secrets (fresh per stack); every user an admin (tests only)."""
+    from cryptography.fernet import Fernet  # noqa: PLC0415
+
+    return {
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+    }
+
+
 class DevStack:
     """The running system and the department-side actions on it."""
 
@@ -58,7 +72,6 @@ class DevStack:
         carried by change events, not picked up by a sweep.
         """
         import yaml
-        from cryptography.fernet import Fernet
 
         from renkei.config import ingest_sources
         from renkei.keys.adapter import pseudonymize, raw_location
@@ -91,12 +104,7 @@ class DevStack:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__API__PORT": str(port),
-            # Separate components must agree on where the Execution API is and on its secrets.
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            **components_env(port),
             "RENKEI_CONFIG_DIR": str(cfg_dir),
             "RENKEI_CHANNEL_KIND": "redis_stream",
             "RENKEI_RAW_DIR": str(raw),

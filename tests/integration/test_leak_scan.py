@@ -135,9 +135,7 @@ def _wait_port(port: int, proc: subprocess.Popen, bound: float = 120) -> None:
 @pytest.fixture(scope="module")
 def canary_airflow(tmp_path_factory):
     """An Airflow home whose dags folder holds only the canary DAG; the env renkei gives Airflow."""
-    from cryptography.fernet import Fernet
-
-    from renkei.devstack import free_port
+    from renkei.devstack import components_env, free_port
     from renkei.keys.ring import KeyRing
     from renkei.runner import airflow_env
 
@@ -153,11 +151,7 @@ def canary_airflow(tmp_path_factory):
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex,
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        **components_env(port),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     })
     airflow = str(Path(sys.executable).with_name("airflow"))
