@@ -114,10 +114,11 @@ def ingest_source(settings, ring_path: str, source_name: str, run_id: str) -> di
     steps: dict[str, float] = {}
     t = time.perf_counter()
     ex = ingest.extract(src, run_id, settings)
-    steps["extract"] = time.perf_counter() - t
+    # The suite runs inside extract, on each chunk as it is read: its seconds count as validate.
+    steps["extract"] = time.perf_counter() - t - ex["validate_s"]
     t = time.perf_counter()
     va = ingest.validate(src, run_id, settings)
-    steps["validate"] = time.perf_counter() - t
+    steps["validate"] = ex["validate_s"] + time.perf_counter() - t
     t = time.perf_counter()
     lo = ingest.load(src, run_id, ring, settings)
     steps["convert"] = lo["convert_s"]

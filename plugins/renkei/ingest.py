@@ -2,8 +2,10 @@
 
 1. :func:`extract` copies the extract rows changed since the persisted watermark into
    ``landing_<source>`` under the run id (rows stay under the department pseudonym).
-2. :func:`validate` runs the source's GX suite (and a set-based duplicate-key check over the
-   whole batch) and marks each failing landing row with its quarantine reason. Above the
+   The source's GX suite runs on each chunk while it is in memory, and each landing row
+   carries the quarantine reason it found (NULL: passes).
+2. :func:`validate` completes that with a set-based duplicate-key check over the whole batch
+   (re-running the suite over the landed rows if it changed since the extract). Above the
    source's ``max_failure_rate`` it raises :class:`ValidationFailed`: nothing is loaded.
 3. :func:`load` converts the batch's distinct department pseudonyms to ERKs in memory (into a
    temporary table), then upserts passing rows into ``staging_<source>`` and failing rows into
@@ -36,6 +38,7 @@ from renkei.warehouse import (
     ensure_schema,
     extract_table,
     ingest_runs,
+    landing_checks,
     landing_table,
     quarantine,
     row_digest,
@@ -63,7 +66,16 @@ def _record_run(conn: sa.Connection, source: str, run_id: str, **fields) -> None
 
 
 def extract(source: Source, run_id: str, settings: Settings | None = None) -> dict:
-    """Land the rows changed since the watermark; returns {"read", "watermark_from", "watermark_to"}."""
+    """Land the rows changed since the watermark, each with the quarantine reason the source's
+    GX suite gives it; returns {"read", "failed", "watermark_from", "watermark_to", "validate_s"}.
+
+    The suite runs on every chunk while it is in memory (reading the batch back out of the
+    warehouse to validate it cost as much as validating it); :func:`validate` then adds the
+    checks that need the whole batch and decides whether it halts. ``validate_s`` is the part of
+    the step's time spent in the suite.
+    """
+    from renkei.quality.gx_runner import suite_fingerprint  # noqa: PLC0415 - cheap; GX itself loads on first chunk
+
     settings = settings or Settings.from_env()
     wh = engine(settings.warehouse_url)
     ensure_schema(wh)
@@ -77,9 +89,12 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
     query = sa.select(xt).order_by(xt.c.source_row)
     if wm is not None:
         query = query.where(sa.or_(xt.c.updated_at >= wm, xt.c.updated_at.is_(None)))
-    read, newest = 0, wm
+    read = failed = 0
+    newest = wm
+    validate_s = 0.0
     columns = [c.name for c in xt.columns]
     stamp = columns.index("updated_at")
+    suite = suite_fingerprint(source.name, settings.expectations_dir)
     with wh.begin() as wconn:
         wconn.execute(land.delete().where(land.c.run_id == run_id))
         if not sa.inspect(src_eng).has_table(xt.name):
@@ -88,17 +103,40 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
                 f"run `renkei pseudonymize --source {source.name} …` first"
             )
         with src_eng.connect() as sconn:
-            result = sconn.execute(query, execution_options={"yield_per": source.chunk_rows})
+            result = sconn.execute(query, execution_options={"yield_per": source.validate_chunk_rows})
             for part in result.partitions():
-                read += insert_rows(wconn, land, ["run_id", *columns], [(run_id, *r) for r in part])
+                t = time.perf_counter()
+                reasons = _chunk_reasons(source, columns, part, settings)
+                validate_s += time.perf_counter() - t
+                failed += len(reasons)
+                read += insert_rows(wconn, land, ["run_id", *columns, "quarantine_reason"],
+                                    [(run_id, *r, reasons.get(r[0])) for r in part])
                 latest = max((r[stamp] for r in part if r[stamp] is not None), default=None)
                 if latest is not None and (newest is None or latest > newest):
                     newest = latest
+        upsert(wconn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": read,
+                                        "failed": failed}])
         _record_run(wconn, source.name, run_id, read=read, watermark_from=wm, watermark_to=newest, state="extracted")
     src_eng.dispose()
     wh.dispose()
-    log.info("extract %s: %d rows since watermark %s", source.name, read, wm)
-    return {"read": read, "watermark_from": wm, "watermark_to": newest}
+    log.info("extract %s: %d rows since watermark %s, %d failing its suite (%.1fs in the suite)",
+             source.name, read, wm, failed, validate_s)
+    return {"read": read, "failed": failed, "watermark_from": wm, "watermark_to": newest,
+            "validate_s": round(validate_s, 3)}
+
+
+def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings) -> dict[int, str]:
+    """source_row -> quarantine reason for the chunk's rows that fail the suite (``columns[0]``
+    is source_row)."""
+    if not part:
+        return {}
+    import pandas as pd  # noqa: PLC0415 - heavy, only inside the task
+
+    from renkei.quality.gx_runner import quarantine_reason, validate_frame  # noqa: PLC0415
+
+    frame = pd.DataFrame([tuple(r) for r in part], columns=columns, dtype=object)
+    outcome = validate_frame(source.name, frame, settings.expectations_dir)
+    return {row: quarantine_reason(fails) for row, fails in outcome.failures.items()}
 
 
 def _duplicate_rows(conn: sa.Connection, land: sa.Table, key: str, run_id: str) -> set[int]:
@@ -114,57 +152,69 @@ def _duplicate_rows(conn: sa.Connection, land: sa.Table, key: str, run_id: str) 
 
 
 def validate(source: Source, run_id: str, settings: Settings | None = None) -> dict:
-    """Validate this run's landed rows; returns {"evaluated", "failed", "reasons"}.
+    """Complete the validation of this run's landed rows; returns {"evaluated", "failed",
+    "already_quarantined", "reasons", "suite_rerun"}.
 
-    Raises :class:`ValidationFailed` when the failing share exceeds the source's limit.
+    Extract ran the suite chunk by chunk; this adds the key-uniqueness check over the whole batch
+    (GX saw one chunk at a time) and decides. When the suite changed since the extract (or the
+    batch was landed without it), the suite runs again here over the landed rows
+    (``suite_rerun``). Raises :class:`ValidationFailed` when the failing share exceeds the
+    source's limit.
     """
-    import pandas as pd  # noqa: PLC0415 - heavy, only inside the task
-
-    from renkei.quality.gx_runner import RowFailure, quarantine_reason, validate_frame  # noqa: PLC0415
+    from renkei.quality.gx_runner import RowFailure, quarantine_reason, suite_fingerprint  # noqa: PLC0415
 
     settings = settings or Settings.from_env()
     wh = engine(settings.warehouse_url)
+    ensure_schema(wh)
     land = landing_table(source)
-    data_cols = [c.name for c in land.columns if c.name not in ("run_id", "quarantine_reason")]
-    failures: dict[int, list] = {}
-    evaluated = 0
-    with wh.connect() as conn:
-        query = sa.select(*[land.c[c] for c in data_cols]).where(land.c.run_id == run_id).order_by(land.c.source_row)
-        result = conn.execute(query, execution_options={"yield_per": source.validate_chunk_rows})
-        for part in result.partitions():
-            frame = pd.DataFrame([tuple(r) for r in part], columns=data_cols, dtype=object)
-            outcome = validate_frame(source.name, frame, settings.expectations_dir)
-            evaluated += outcome.evaluated
-            for row, fails in outcome.failures.items():
-                failures.setdefault(int(row), []).extend(fails)
-        _check_landed(conn, source, run_id, evaluated)
-        # Uniqueness across chunk boundaries: GX sees one chunk at a time.
-        for row in _duplicate_rows(conn, land, source.key, run_id):
-            failures.setdefault(row, []).append(RowFailure("expect_column_values_to_be_unique", source.key))
-    reasons = {row: quarantine_reason(f) for row, f in failures.items()}
-    by_reason = Counter(r for reason in reasons.values() for r in reason.split("; "))
+    this_run = land.c.run_id == run_id
+    suite = suite_fingerprint(source.name, settings.expectations_dir)
     with wh.begin() as conn:
-        conn.execute(land.update().where(land.c.run_id == run_id, land.c.quarantine_reason.is_not(None))
-                     .values(quarantine_reason=None))  # a re-run starts clean (rewriting every row would cost a full pass)
-        if reasons:
-            stmt = (
-                land.update()
-                .where(land.c.run_id == run_id, land.c.source_row == sa.bindparam("b_row"))
-                .values(quarantine_reason=sa.bindparam("b_reason"))
+        landed = conn.execute(sa.select(sa.func.count()).where(this_run)).scalar_one()
+        _check_landed(conn, source, run_id, landed)
+        checked = conn.execute(sa.select(landing_checks).where(
+            landing_checks.c.run_id == run_id, landing_checks.c.source == source.name)).first()
+        rerun = checked is None or checked.suite != suite or checked.rows != landed
+        if rerun:
+            _rerun_suite(conn, source, land, run_id, settings)
+        # Uniqueness across chunk boundaries: GX sees one chunk at a time.
+        dups = _duplicate_rows(conn, land, source.key, run_id)
+        if dups:
+            unique = RowFailure("expect_column_values_to_be_unique", source.key)
+            merged = [
+                {"b_row": row, "b_reason": quarantine_reason([*_failures_of(reason, RowFailure), unique])}
+                for row, reason in conn.execute(
+                    sa.select(land.c.source_row, land.c.quarantine_reason).where(this_run, land.c.source_row.in_(dups)))
+            ]
+            conn.execute(
+                land.update().where(this_run, land.c.source_row == sa.bindparam("b_row"))
+                .values(quarantine_reason=sa.bindparam("b_reason")),
+                merged,
             )
-            conn.execute(stmt, [{"b_row": row, "b_reason": reason} for row, reason in reasons.items()])
-        known = _already_quarantined(conn, source, land, run_id) if reasons else 0
-        new_failures = len(reasons) - known
-        halt = _halts(source, new_failures, evaluated - known)
+        by_reason: Counter = Counter()
+        failed = 0
+        for reason, n in conn.execute(
+            sa.select(land.c.quarantine_reason, sa.func.count())
+            .where(this_run, land.c.quarantine_reason.is_not(None)).group_by(land.c.quarantine_reason)
+        ):
+            failed += n
+            for part in reason.split("; "):
+                by_reason[part] += n
+        upsert(conn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": landed,
+                                       "failed": failed}])
+        known = _already_quarantined(conn, source, land, run_id) if failed else 0
+        new_failures = failed - known
+        halt = _halts(source, new_failures, landed - known)
         state = "failed" if halt else "validated"
-        _record_run(conn, source.name, run_id, read=evaluated, failed=len(reasons), state=state)
+        _record_run(conn, source.name, run_id, read=landed, failed=failed, state=state)
     wh.dispose()
-    summary = {"evaluated": evaluated, "failed": len(reasons), "already_quarantined": known,
-               "reasons": dict(by_reason.most_common())}
-    log.info("validate %s: %d of %d rows fail, %d of them already quarantined (%s)",
-             source.name, len(reasons), evaluated, known, summary["reasons"])
+    summary = {"evaluated": landed, "failed": failed, "already_quarantined": known,
+               "reasons": dict(by_reason.most_common()), "suite_rerun": rerun}
+    log.info("validate %s: %d of %d rows fail, %d of them already quarantined (%s)%s",
+             source.name, failed, landed, known, summary["reasons"],
+             "; the suite ran again (changed since the extract)" if rerun else "")
     if halt:
-        fresh = evaluated - known
+        fresh = landed - known
         raise ValidationFailed(
             f"{source.name}: {new_failures} of {fresh} new rows ({new_failures / fresh:.1%}) fail validation, above "
             f"the limit {source.max_failure_rate:.1%}; nothing was loaded. Reasons: {summary['reasons']}. "
@@ -172,6 +222,31 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             f"{source.name} in config/sources.yaml if this is expected."
         )
     return summary
+
+
+def _failures_of(reason: str | None, row_failure) -> list:
+    """The RowFailures a landed quarantine reason lists ("expectation:column; …")."""
+    if not reason:
+        return []
+    return [row_failure(*item.split(":", 1)) for item in reason.split("; ")]
+
+
+def _rerun_suite(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, settings: Settings) -> None:
+    """Run the suite again over the landed batch, chunk by chunk, replacing its landed reasons."""
+    data_cols = [c.name for c in land.columns if c.name not in ("run_id", "quarantine_reason")]
+    this_run = land.c.run_id == run_id
+    reasons: dict[int, str] = {}
+    query = sa.select(*[land.c[c] for c in data_cols]).where(this_run).order_by(land.c.source_row)
+    for part in conn.execute(query, execution_options={"yield_per": source.validate_chunk_rows}).partitions():
+        reasons.update(_chunk_reasons(source, data_cols, part, settings))
+    # A re-run starts clean (rewriting every row would cost a full pass).
+    conn.execute(land.update().where(this_run, land.c.quarantine_reason.is_not(None)).values(quarantine_reason=None))
+    if reasons:
+        conn.execute(
+            land.update().where(this_run, land.c.source_row == sa.bindparam("b_row"))
+            .values(quarantine_reason=sa.bindparam("b_reason")),
+            [{"b_row": row, "b_reason": reason} for row, reason in reasons.items()],
+        )
 
 
 def _check_landed(conn: sa.Connection, source: Source, run_id: str, landed: int) -> None:
@@ -268,6 +343,8 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
         if watermark is not None:
             upsert(conn, watermarks, [{"source": source.name, "updated_at": watermark, "run_id": run_id}])
         _clear_landing(conn, land, run_id)
+        conn.execute(landing_checks.delete().where(
+            landing_checks.c.run_id == run_id, landing_checks.c.source == source.name))
         _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, state="loaded")
     wh.dispose()
     log.info("load %s: %d loaded, %d quarantined (%d pseudonyms converted in %.1fs), watermark %s",

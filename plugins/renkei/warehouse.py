@@ -135,6 +135,17 @@ ingest_runs = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
 )
 
+# What extract found when it ran the source's suite over each chunk as it read it (the rows were
+# in memory anyway): validate trusts the landed reasons only when the suite is still this one.
+landing_checks = sa.Table(
+    "landing_checks", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("suite", sa.String(64), nullable=False),  # gx_runner.suite_fingerprint when checked
+    sa.Column("rows", sa.Integer, nullable=False),  # rows checked
+    sa.Column("failed", sa.Integer, nullable=False),
+)
+
 mart_residents = sa.Table(
     "mart_residents", metadata,
     sa.Column("erk", sa.String(120), primary_key=True),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,3 +195,54 @@ def test_a_rejected_update_of_a_subscription_counts_as_an_opt_out(settings, tmp_
     eng.dispose()
     assert out["S5"] is not None, "the unreadable opt-out must count as an opt-out"
     assert sum(v is not None for v in out.values()) == 1
+
+
+def _reasons(url: str) -> dict[int, str]:
+    eng = sa.create_engine(url)
+    with eng.connect() as conn:
+        got = dict(conn.execute(sa.text(
+            "SELECT source_row, quarantine_reason FROM landing_immunization WHERE quarantine_reason IS NOT NULL")).all())
+    eng.dispose()
+    return got
+
+
+def test_duplicates_across_extract_chunks_keep_the_suites_other_reasons(settings, tmp_path, ring):
+    # The suite runs on each extract chunk alone (10 rows here): a record id repeated in another
+    # chunk is found by validate over the whole batch, and a row failing both keeps both reasons.
+    src = replace(IMM, validate_chunk_rows=10)
+    rows = [_imm_row(i) for i in range(30)]
+    rows[25]["record_id"] = rows[2]["record_id"]
+    rows[25]["vaccine_code"] = "XYZ"
+    pseudonymize(src, str(_write(tmp_path / "imm.csv", rows)), settings.extracts_url, ring)
+    assert extract(src, "d", settings)["failed"] == 1  # chunk-local: only the code
+    out = validate(src, "d", settings)
+    assert out["failed"] == 2 and not out["suite_rerun"]
+    assert _reasons(settings.warehouse_url) == {
+        2: "expect_column_values_to_be_unique:record_id",
+        25: "expect_column_values_to_be_in_set:vaccine_code; expect_column_values_to_be_unique:record_id",
+    }
+    again = validate(src, "d", settings)  # idempotent
+    assert again["failed"] == 2 and _reasons(settings.warehouse_url)[25].count("unique") == 1
+    loaded = load(src, "d", ring, settings)
+    assert (loaded["loaded"], loaded["quarantined"]) == (28, 2)
+
+
+def test_a_suite_changed_after_the_extract_runs_again_at_validate(settings, tmp_path, ring):
+    suites = tmp_path / "expectations"
+    shutil.copytree(settings.expectations_dir, suites)
+    settings = replace(settings, expectations_dir=suites)
+    rows = [_imm_row(i) for i in range(40)]
+    rows[5]["vaccine_code"] = "XYZ"
+    pseudonymize(IMM, str(_write(tmp_path / "imm.csv", rows)), settings.extracts_url, ring)
+    assert extract(IMM, "s", settings)["failed"] == 1
+    # The city drops the code-list expectation for vaccine_code between extract and validate.
+    path = suites / "immunization.json"
+    suite = json.loads(path.read_text(encoding="utf-8"))
+    suite["expectations"] = [
+        e for e in suite["expectations"]
+        if not (e["type"] == "expect_column_values_to_be_in_set" and e["kwargs"].get("column") == "vaccine_code")
+    ]
+    path.write_text(json.dumps(suite, ensure_ascii=False, indent=2), encoding="utf-8")
+    out = validate(IMM, "s", settings)
+    assert out["suite_rerun"] and out["failed"] == 0 and _reasons(settings.warehouse_url) == {}
+    assert load(IMM, "s", ring, settings)["loaded"] == 40

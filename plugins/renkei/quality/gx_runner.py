@@ -7,6 +7,7 @@ carry the offending values; this module keeps only which rows failed which expec
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -83,6 +84,12 @@ def load_suite(source: str, expectations_dir: Path | None = None) -> Expectation
     longer matches config/codes.yaml.
     """
     return _cached_suite(*_suite_key(source, expectations_dir)).full
+
+
+def suite_fingerprint(source: str, expectations_dir: Path | None = None) -> str:
+    """SHA-256 of the source's suite file: results computed under another fingerprint are stale."""
+    path, _ = _suite_key(source, expectations_dir)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _suite_key(source: str, expectations_dir: Path | None) -> tuple[Path, int]:
