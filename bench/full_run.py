@@ -149,7 +149,8 @@ def worker_pool(workers: int):
     return pool
 
 
-def run_chain(settings, ring_path: Path, sources, as_of: date, run_id: str, stages: Stages, say, pool) -> dict:
+def run_chain(settings, ring_path: Path, sources, as_of: date, run_id: str, stages: Stages, say, pool,
+              workers: int) -> dict:
     """Ingest every source (on the pool's workers, as Airflow runs the per-source ingest DAGs
     side by side), then link and services; returns counts."""
     from renkei.linkage.mart import build_mart
@@ -172,7 +173,8 @@ def run_chain(settings, ring_path: Path, sources, as_of: date, run_id: str, stag
     counts["mart"] = build_mart(settings.warehouse_url, as_of, run_id)
     stages.add("link", time.perf_counter() - t)
     t = time.perf_counter()
-    counts["notices"] = run_services(settings.warehouse_url, as_of, run_id)
+    # Split in as many parts as there are ingest workers, run on them (Airflow: mapped tasks).
+    counts["notices"] = run_services(settings.warehouse_url, as_of, run_id, parts=workers, pool=pool)
     stages.add("services", time.perf_counter() - t)
     return counts
 
@@ -329,7 +331,7 @@ def main() -> int:
         say(f"chain (PostgreSQL warehouse, {args.workers} warm ingest workers):")
         with RssWatch() as rss:
             t = time.perf_counter()
-            counts = run_chain(settings, ring_path, sources, as_of, "bench-full", stages, say, pool)
+            counts = run_chain(settings, ring_path, sources, as_of, "bench-full", stages, say, pool, args.workers)
             wall = time.perf_counter() - t
         rows = sum(c["read"] for c in counts["sources"].values())
         say(f"chain wall {wall:.1f}s; stages {stages.seconds}; peak RSS {rss.peak_kb // 1024} MB")
@@ -343,7 +345,7 @@ def main() -> int:
         inc = Stages()
         say(f"incremental: {sum(changed.values())} records changed {changed}")
         t = time.perf_counter()
-        inc_counts = run_chain(settings, ring_path, sources, as_of, "bench-incremental", inc, say, pool)
+        inc_counts = run_chain(settings, ring_path, sources, as_of, "bench-incremental", inc, say, pool, args.workers)
         inc_wall = time.perf_counter() - t
         say(f"incremental wall {inc_wall:.1f}s; stages {inc.seconds}")
         pool.shutdown()

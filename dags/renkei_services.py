@@ -2,8 +2,12 @@
 
 Runs when the mart changes and every day at 06:00 Asia/Tokyo, because windows open with the
 calendar even when no data changed. Notice ids are deterministic, so a re-run adds nothing.
-Emits renkei_outbox_notices with the counts.
-Each run appends a `notice_published` entry (counts, new notice ids) to the audit trail.
+
+plan → evaluate (mapped: a full run on PostgreSQL is split by ERK hash into
+RENKEI_SERVICES_PARTS parts that run side by side; each writes its own new notices) → record
+(once every part succeeded: the base of the next incremental run). Emits renkei_outbox_notices
+with the counts. Each run appends a `notice_published` entry (counts, new notice ids) to the
+audit trail.
 """
 
 from __future__ import annotations
@@ -25,20 +29,42 @@ from renkei.assets import MART_RESIDENTS, OUTBOX_NOTICES
     doc_md=__doc__,
 )
 def proactive_services():
-    @task(outlets=[OUTBOX_NOTICES])
-    def evaluate_rules(**context) -> dict:
-        from renkei.audit.records import record_notices_published
-        from renkei.outputs.outbox import run_services
+    @task
+    def plan(**context) -> dict:
+        from renkei.outputs.outbox import plan_services
         from renkei.runctx import evaluation_date, run_key
+        from renkei.settings import Settings, services_parts
+
+        return plan_services(Settings.from_env().warehouse_url, evaluation_date(context), run_key(context),
+                             parts=services_parts())
+
+    @task
+    def parts(planned: dict) -> list[int]:
+        return list(range(planned["parts"]))
+
+    @task
+    def evaluate(index: int, planned: dict) -> dict:
+        from renkei.outputs.outbox import evaluate_part
         from renkei.settings import Settings
 
-        url, as_of, run = Settings.from_env().warehouse_url, evaluation_date(context), run_key(context)
-        counts = run_services(url, as_of, run)
-        record_notices_published(url, run, as_of, counts)
+        return evaluate_part(Settings.from_env().warehouse_url, planned, index)
+
+    @task(outlets=[OUTBOX_NOTICES])
+    def record(planned: dict, evaluated: list[dict], **context) -> dict:
+        from datetime import date
+
+        from renkei.audit.records import record_notices_published
+        from renkei.outputs.outbox import record_services
+        from renkei.settings import Settings
+
+        url = Settings.from_env().warehouse_url
+        counts = record_services(url, planned, list(evaluated))
+        record_notices_published(url, planned["run_id"], date.fromisoformat(planned["as_of"]), counts)
         context["outlet_events"][OUTBOX_NOTICES].extra = counts
         return counts
 
-    evaluate_rules()
+    planned = plan()
+    record(planned, evaluate.partial(planned=planned).expand(index=parts(planned)))
 
 
 proactive_services()

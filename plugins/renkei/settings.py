@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from renkei.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,19 @@ class Settings:
             config_dir=Path(os.environ.get("RENKEI_CONFIG_DIR", REPO_ROOT / "config")),
             expectations_dir=Path(os.environ.get("RENKEI_EXPECTATIONS_DIR", REPO_ROOT / "expectations")),
         )
+
+
+def services_parts(env: dict[str, str] | None = None) -> int:
+    """How many parts a full services run is split into (``RENKEI_SERVICES_PARTS``, default 2:
+    one per task slot of a two-core worker); each part is an Airflow mapped task."""
+    raw = (os.environ if env is None else env).get("RENKEI_SERVICES_PARTS", "2")
+    try:
+        parts = int(raw)
+    except ValueError:
+        parts = 0
+    if not 1 <= parts <= 64:
+        raise ConfigError(f"RENKEI_SERVICES_PARTS={raw!r}: set a whole number from 1 to 64 (the worker slots to use)")
+    return parts
 
 
 def redact_url(url: str) -> str:

@@ -504,3 +504,9 @@ services_held = sa.Table(
     "services_held", metadata,
     sa.Column("erk", sa.String(120), primary_key=True),
 )
+# The ERKs each part of a services run held back, until the run is recorded (services_held).
+services_held_pending = sa.Table(
+    "services_held_pending", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("erk", sa.String(120), primary_key=True),
+)

@@ -27,9 +27,13 @@ STATES = (PENDING, APPROVED, REJECTED)
 DECISIONS = (APPROVED, REJECTED)
 
 
-def held_erks(conn: sa.Connection) -> set[str]:
-    """ERKs with an active ``hold`` item that is pending or rejected: no service evaluates them."""
-    return set(conn.execute(sa.select(review_queue.c.erk).where(held_condition()).distinct()).scalars())
+def held_erks(conn: sa.Connection, among: sa.ColumnElement | None = None) -> set[str]:
+    """ERKs with an active ``hold`` item that is pending or rejected: no service evaluates them
+    (``among``: a further condition on review_queue, e.g. one part of a services run)."""
+    query = sa.select(review_queue.c.erk).where(held_condition()).distinct()
+    if among is not None:
+        query = query.where(among)
+    return set(conn.execute(query).scalars())
 
 
 def list_items(warehouse_url: str, state: str | None = None, include_resolved: bool = False) -> list[dict]:

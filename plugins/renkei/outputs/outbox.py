@@ -15,6 +15,10 @@ A run is *incremental* when the previous complete evaluation was for the same da
 events calendar is unchanged since: then only the residents the mart builds since then rebuilt
 (``mart_changes``) and those the audit no longer holds are evaluated — every other resident's
 drafts are the ones already in the outbox. Otherwise every resident is evaluated (``full``).
+
+A run is planned (:func:`plan_services`), evaluated in parts (:func:`evaluate_part`: a full run
+on PostgreSQL splits the residents by ERK hash, so that Airflow runs the parts side by side as
+mapped tasks) and recorded once every part succeeded (:func:`record_services`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
 from renkei import bulk
 from renkei.config import load_sources
+from renkei.errors import RenkeiError
 from renkei.keys.rotation import hold_link_key
 from renkei.linkage.review import held_erks
 from renkei.linkage.subjects import assign_subjects
@@ -46,7 +52,9 @@ from renkei.warehouse import (
     mart_changes,
     mart_residents,
     notices,
+    review_queue,
     services_held,
+    services_held_pending,
     services_runs,
     staging_table,
     subjects,
@@ -60,7 +68,24 @@ FULL, INCREMENTAL = "full", "incremental"
 CHUNK = 2000  # ERKs per IN list of an incremental run (well under SQLite's bound-parameter limit)
 FETCH = 20000  # rows per fetch when streaming residents
 Draft = tuple[str, NoticeDraft]  # (erk, draft)
-Erks = list[str] | None  # the residents to evaluate (None: everyone)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One slot of a partitioned evaluation: the residents whose ERK hashes to ``index`` of
+    ``count`` (PostgreSQL's ``hashtext``; every ERK falls in exactly one slot, whatever the
+    mart holds when each slot runs)."""
+
+    index: int
+    count: int
+
+    def clause(self, col: sa.ColumnElement) -> sa.ColumnElement:
+        if self.count <= 1:
+            return sa.true()
+        return sa.func.hashtext(col).op("&")(0x7FFFFFFF) % self.count == self.index
+
+
+Erks = list[str] | Part | None  # the residents to evaluate (None: everyone)
 
 
 def _child_filter(as_of: date):
@@ -70,7 +95,9 @@ def _child_filter(as_of: date):
 
 
 def _among(col: sa.ColumnElement, erks: Erks) -> sa.ColumnElement:
-    return sa.true() if erks is None else col.in_(erks)
+    if erks is None:
+        return sa.true()
+    return erks.clause(col) if isinstance(erks, Part) else col.in_(erks)
 
 
 def _stream(conn: sa.Connection, q: sa.Select) -> Iterator[sa.Row]:
@@ -259,50 +286,79 @@ def _scope(conn: sa.Connection, as_of: date, link_seq: int, digest: str, held: s
 
 
 def _record(conn: sa.Connection, run_id: str, as_of: date, link_seq: int, digest: str, mode: str,
-            touched: int, held: set[str], now: str) -> None:
+            touched: int, now: str) -> None:
     prev = conn.execute(sa.select(sa.func.max(services_runs.c.seq))).scalar()
     conn.execute(sa.insert(services_runs).values(
         seq=(prev or 0) + 1, run_id=run_id, as_of=as_of, link_seq=link_seq, events_digest=digest, mode=mode,
         residents_touched=touched, evaluated_at=now))
+    # The ERKs the parts held back are the base of the next run's "released" residents.
     conn.execute(services_held.delete())
-    if held:
-        conn.execute(sa.insert(services_held), [{"erk": e} for e in sorted(held)])
+    pending = services_held_pending.c
+    conn.execute(sa.insert(services_held).from_select(
+        ["erk"], sa.select(pending.erk).where(pending.run_id == run_id).distinct()))
     # The builds evaluated now are done with; a later run starts after link_seq.
     conn.execute(mart_changes.delete().where(mart_changes.c.build_seq <= link_seq))
 
 
-def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[str] | None = None,
-                 full: bool | None = None) -> dict:
-    """Evaluate the rules on ``as_of`` and write new notices; returns counts.
+def _read_opts(eng: sa.Engine) -> dict:
+    return {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
 
-    {"open": notices open on the date for the residents evaluated, "new": inserted now,
-     "held_erks": ERKs held back by the audit, "by_service_kind": {"immunization/due": n, …},
-     "mode": "full" | "incremental", "residents_touched": residents evaluated}
 
-    A run of a subset of ``services`` or with ``full=True`` evaluates everyone; only runs of
-    every service are recorded as the base of the next incremental run.
+def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, services: list[str] | None = None,
+                  full: bool | None = None) -> dict:
+    """Decide what a services run evaluates; returns the plan the parts and the record step share
+    (counts and ids only): {"as_of", "run_id", "services", "link_seq", "link_version",
+    "events_digest", "mode", "parts", "residents_touched"}.
+
+    A full evaluation on PostgreSQL is split into ``parts`` slots by ERK hash, each evaluated by
+    :func:`evaluate_part` on its own (an Airflow mapped task each); an incremental one is one part.
     """
     eng = engine(warehouse_url)
     ensure_schema(eng)
-    now = format_timestamp(datetime.now(timezone.utc))
-    every = services is None
-    opts = {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
-    rows: list[dict] = []
     # The link-key version this run reads under; every mart ERK has its subject key (notice
     # identity) before the read (an ERK a concurrent build adds gets its notices on the run that
     # build triggers).
     with eng.begin() as conn:
         link_version = hold_link_key(conn)
         assign_subjects(conn, run_id)
-    # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
-    # transaction upgraded to a writer fails if another writer came in between).
-    with eng.connect().execution_options(**opts) as conn, conn.begin():
-        bulk.tune(conn)
-        held = held_erks(conn)
+    with eng.connect().execution_options(**_read_opts(eng)) as conn, conn.begin():
         link_seq = conn.execute(sa.select(sa.func.max(link_builds.c.seq))).scalar() or 0
         digest = _events_digest(conn)
-        scope = _scope(conn, as_of, link_seq, digest, held) if every and full is not True else None
-        chunks: list[Erks] = [None] if scope is None else [scope[i:i + CHUNK] for i in range(0, len(scope), CHUNK)]
+        scope = (_scope(conn, as_of, link_seq, digest, held_erks(conn))
+                 if services is None and full is not True else None)
+        if scope is None:
+            touched = conn.execute(sa.select(sa.func.count()).select_from(mart_residents)).scalar_one()
+        else:
+            touched = len(scope)
+    eng.dispose()
+    split = scope is None and eng.dialect.name == "postgresql"
+    return {"as_of": as_of.isoformat(), "run_id": run_id, "services": services, "link_seq": link_seq,
+            "link_version": link_version, "events_digest": digest, "mode": FULL if scope is None else INCREMENTAL,
+            "parts": max(1, parts) if split else 1, "residents_touched": touched}
+
+
+def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
+    """Evaluate the rules for one part of a plan and write its new notices; returns counts
+    {"part", "open", "new", "held_erks", "by_service_kind"}.
+
+    Re-running a part writes nothing twice (notice ids are deterministic and the outbox ignores
+    ids it holds).
+    """
+    eng = engine(warehouse_url)
+    as_of, run_id = date.fromisoformat(plan["as_of"]), plan["run_id"]
+    part = Part(index, plan["parts"])
+    now = format_timestamp(datetime.now(timezone.utc))
+    rows: list[dict] = []
+    # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
+    # transaction upgraded to a writer fails if another writer came in between).
+    with eng.connect().execution_options(**_read_opts(eng)) as conn, conn.begin():
+        bulk.tune(conn)
+        held = held_erks(conn, part.clause(review_queue.c.erk))
+        scope = None
+        if plan["mode"] == INCREMENTAL:
+            scope = _scope(conn, as_of, plan["link_seq"], plan["events_digest"], held)
+        # None here (the base changed since the plan): evaluating the whole part is always safe.
+        chunks: list[Erks] = [part] if scope is None else [scope[i:i + CHUNK] for i in range(0, len(scope), CHUNK)]
         shared: dict[int, tuple[NoticeDraft, str]] = {}
         by_kind: Counter[str] = Counter()
         for erks in chunks:
@@ -314,7 +370,7 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
             subject_of = dict(conn.execute(sa.select(subjects.c.erk, subjects.c.subject_key)
                                            .where(_among(subjects.c.erk, erks)),
                                            execution_options={"yield_per": FETCH}).all())
-            for name in services or list(SERVICES):
+            for name in plan["services"] or list(SERVICES):
                 for erk, d in SERVICES[name](conn, as_of, erks):
                     if erk in held or erk not in subject_of:
                         continue
@@ -323,18 +379,65 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
                     if nid not in seen:
                         seen.add(nid)
                         rows.append(_row(erk, d, as_of, run_id, now, shared, nid))
-        if scope is None:
-            touched = conn.execute(sa.select(sa.func.count()).select_from(mart_residents)).scalar_one()
-        else:
-            touched = len(scope)
-    mode = FULL if scope is None else INCREMENTAL
     with eng.begin() as conn:
-        hold_link_key(conn, expect=link_version)
+        hold_link_key(conn, expect=plan["link_version"])
         new = _insert_new(conn, rows)
-        if every:
-            _record(conn, run_id, as_of, link_seq, digest, mode, touched, held, now)
+        pending = services_held_pending.c
+        conn.execute(services_held_pending.delete().where(pending.run_id == run_id, part.clause(pending.erk)))
+        if held:
+            conn.execute(sa.insert(services_held_pending), [{"run_id": run_id, "erk": e} for e in sorted(held)])
     eng.dispose()
-    counts = {"open": sum(by_kind.values()), "new": new, "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items())),
-              "mode": mode, "residents_touched": touched}
-    log.info("proactive_services on %s: %s", as_of, counts)
+    counts = {"part": index, "open": sum(by_kind.values()), "new": new, "held_erks": len(held),
+              "by_service_kind": dict(sorted(by_kind.items()))}
+    log.info("proactive_services on %s, part %d of %d: %s", as_of, index + 1, part.count, counts)
     return counts
+
+
+def record_services(warehouse_url: str, plan: dict, results: list[dict]) -> dict:
+    """Record a services run whose every part succeeded (the base of the next incremental run);
+    returns the run's counts {"open", "new", "held_erks", "by_service_kind", "mode",
+    "residents_touched", "parts"}."""
+    done = sorted(r["part"] for r in results)
+    if done != list(range(plan["parts"])):
+        raise RenkeiError(
+            f"services run {plan['run_id']}: parts {done} reported, {plan['parts']} planned; "
+            "re-run the missing evaluate parts before recording the run"
+        )
+    eng = engine(warehouse_url)
+    now = format_timestamp(datetime.now(timezone.utc))
+    by_kind: Counter[str] = Counter()
+    for r in results:
+        by_kind.update(r["by_service_kind"])
+    with eng.begin() as conn:
+        hold_link_key(conn, expect=plan["link_version"])
+        if plan["services"] is None:
+            _record(conn, plan["run_id"], date.fromisoformat(plan["as_of"]), plan["link_seq"], plan["events_digest"],
+                    plan["mode"], plan["residents_touched"], now)
+        conn.execute(services_held_pending.delete().where(services_held_pending.c.run_id == plan["run_id"]))
+    eng.dispose()
+    counts = {"open": sum(r["open"] for r in results), "new": sum(r["new"] for r in results),
+              "held_erks": sum(r["held_erks"] for r in results), "by_service_kind": dict(sorted(by_kind.items())),
+              "mode": plan["mode"], "residents_touched": plan["residents_touched"], "parts": plan["parts"]}
+    log.info("proactive_services on %s: %s", plan["as_of"], counts)
+    return counts
+
+
+def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[str] | None = None,
+                 full: bool | None = None, parts: int = 1, pool=None) -> dict:  # noqa: ANN001 - an Executor
+    """Evaluate the rules on ``as_of`` and write new notices; returns counts.
+
+    {"open": notices open on the date for the residents evaluated, "new": inserted now,
+     "held_erks": ERKs held back by the audit, "by_service_kind": {"immunization/due": n, …},
+     "mode": "full" | "incremental", "residents_touched": residents evaluated, "parts": n}
+
+    A run of a subset of ``services`` or with ``full=True`` evaluates everyone; only runs of
+    every service are recorded as the base of the next incremental run. ``parts`` > 1 splits a
+    full run on PostgreSQL (:func:`plan_services`), evaluated on ``pool`` (an Executor) when given.
+    """
+    plan = plan_services(warehouse_url, as_of, run_id, parts, services, full)
+    if pool is not None and plan["parts"] > 1:
+        results = list(pool.map(evaluate_part, [warehouse_url] * plan["parts"], [plan] * plan["parts"],
+                                range(plan["parts"])))
+    else:
+        results = [evaluate_part(warehouse_url, plan, i) for i in range(plan["parts"])]
+    return record_services(warehouse_url, plan, results)
