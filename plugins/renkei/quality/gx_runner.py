@@ -163,7 +163,11 @@ def _split(gx: Any, suite: Any) -> _Suite:
         if expectation.configuration.type == "expect_column_values_to_be_between" and (
             _is_date_bound(kwargs.get("min_value")) or _is_date_bound(kwargs.get("max_value"))
         ):
-            dated.append(expectation.configuration.to_json_dict())
+            entry = expectation.configuration.to_json_dict()
+            for bound in ("min_value", "max_value"):  # midnight: compared with the datetime64 view
+                if _is_date_bound(kwargs.get(bound)):
+                    entry["kwargs"][bound] = datetime.datetime.combine(kwargs[bound], datetime.time())
+            dated.append(entry)
             dated_columns.append(kwargs["column"])
         else:
             plain.append(expectation.configuration.to_json_dict())
@@ -193,21 +197,43 @@ def _prepared(frame: pandas.DataFrame) -> pandas.DataFrame:
     return prepared.where(prepared.notna(), None)
 
 
+_ISO_DATE = r"\d{4}-\d{2}-\d{2}"
+
+
+def _as_date(value: Any) -> Any:
+    # A value that is not an ISO date is the format expectation's to report, not this one's.
+    if isinstance(value, datetime.date):
+        return value
+    try:
+        return datetime.date.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def _dated_view(prepared: pandas.DataFrame, columns: tuple[str, ...]) -> pandas.DataFrame:
+    """The date columns as datetime64 (NaT where not a date), so that GX compares them with
+    the bounds vectorised instead of value by value; the same dates as ``date.fromisoformat``."""
     import pandas as pd
 
-    def as_date(value: Any) -> Any:
-        # A value that is not an ISO date is the format expectation's to report, not this one's.
-        if isinstance(value, datetime.date):
-            return value
-        try:
-            return datetime.date.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            return None
-
-    # An absent column stays absent, so that its expectation fails loudly for the batch.
-    present = {column: prepared[column].map(as_date) for column in columns if column in prepared.columns}
-    return pd.DataFrame(present, index=prepared.index, dtype=object)
+    present = {}
+    for column in columns:
+        if column not in prepared.columns:
+            continue  # an absent column stays absent, so that its expectation fails loudly for the batch
+        values = prepared[column]
+        iso = values.str.fullmatch(_ISO_DATE).fillna(False).astype(bool)
+        # nanoseconds: GX compares only datetime64[ns] vectorised (pandas 3 infers [us])
+        parsed = pd.to_datetime(values.where(iso), format="%Y-%m-%d", errors="coerce").astype("datetime64[ns]")
+        # The rest value by value: other ISO forms fromisoformat reads, and dates outside
+        # datetime64's years 1677–2262, which stand in as its ends (the bounds lie inside).
+        for position in (parsed.isna() & values.notna()).to_numpy().nonzero()[0]:
+            found = _as_date(values.iat[position])
+            if found is not None:
+                try:
+                    parsed.iat[position] = pd.Timestamp(found)
+                except (OverflowError, ValueError):
+                    parsed.iat[position] = pd.Timestamp.min if found.year < 1677 else pd.Timestamp.max
+        present[column] = parsed
+    return pd.DataFrame(present, index=prepared.index)
 
 
 def _column_of(config: Any) -> str:
