@@ -195,6 +195,15 @@ link_flags = sa.Table(
     sa.Column("built_run_id", sa.String(250), nullable=False),
 )
 
+# The mart is derived from staging and rebuilt by every full link: no WAL for it on PostgreSQL
+# (a whole-city build wrote ~1 GB of it and its checkpoints). A server crash empties unlogged
+# tables; the next link then builds in full (renkei.linkage.mart.mart_lost) and services refuse
+# to evaluate an emptied mart. Streaming replicas do not receive unlogged tables.
+MART_UNLOGGED = (mart_residents, mart_doses, linkage, link_flags)
+for _table in MART_UNLOGGED:
+    sa.event.listen(_table, "after_create",
+                    sa.DDL(f'ALTER TABLE "{_table.name}" SET UNLOGGED').execute_if(dialect="postgresql"))
+
 notices = sa.Table(
     "notices", metadata,
     sa.Column("notice_id", sa.String(64), primary_key=True),

@@ -320,3 +320,29 @@ def test_a_run_is_recorded_only_when_every_part_reported(both):
     else:
         results = [first]
     assert record_services(url, plan, results)["new"] == 0  # everything was already in the outbox
+
+
+def test_a_mart_emptied_by_a_crash_is_rebuilt_in_full_before_services_run(both):
+    # PostgreSQL empties unlogged tables on crash recovery; emptying them by hand is the same state.
+    from renkei.errors import RenkeiError
+    from renkei.warehouse import MART_UNLOGGED
+
+    url = both["full_url"]
+    if url.startswith("postgresql"):
+        persistence = _scalars(url, sa.text(
+            "SELECT DISTINCT relpersistence FROM pg_class WHERE relname IN ('mart_residents', 'mart_doses', 'linkage', 'link_flags')"))
+        assert persistence == {"u"}
+    before = _tables(url)
+    eng = engine(url)
+    with eng.begin() as conn:
+        for t in MART_UNLOGGED:
+            conn.execute(t.delete())
+    eng.dispose()
+    with pytest.raises(RenkeiError, match="run link_residents"):
+        run_services(url, AS_OF, "services/after-crash")
+    rebuilt = build_mart(url, AS_OF, "link/after-crash")  # same date as the last build: would be incremental
+    assert rebuilt["mode"] == "full" and rebuilt["residents"] == len(before["mart_residents"])
+    after = _tables(url)
+    for name in ("mart_residents", "mart_doses", "linkage", "link_flags"):
+        assert after[name] == before[name], name
+    assert run_services(url, AS_OF, "services/after-crash")["new"] == 0

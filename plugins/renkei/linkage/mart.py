@@ -183,6 +183,14 @@ def _previous_build(conn: sa.Connection) -> sa.Row | None:
     return conn.execute(sa.select(link_builds).order_by(link_builds.c.seq.desc()).limit(1)).first()
 
 
+def mart_lost(conn: sa.Connection) -> bool:
+    """The mart is empty while the registry's staging holds residents: a server crash emptied
+    its unlogged tables (or someone truncated them) since the last build."""
+    reg = staging_table(load_sources()["registry"])
+    empty = conn.execute(sa.select(mart_residents.c.erk).limit(1)).first() is None
+    return empty and conn.execute(sa.select(reg.c.erk).where(reg.c.erk.is_not(None)).limit(1)).first() is not None
+
+
 def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None = None) -> dict:
     """Build the mart for evaluation date ``as_of``; returns counts.
 
@@ -205,6 +213,10 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None =
         incremental = (
             full is not True and prev is not None and prev.as_of == as_of and prev.grace_days == grace
         )
+        if incremental and mart_lost(conn):
+            log.warning("link_residents: the mart is empty but staging is not (the warehouse restarted since "
+                        "build %d?): building in full", prev.seq)
+            incremental = False
         if incremental:
             scope = _Scope(seq)
             affected = changes.affected_erks(srcs, runs)

@@ -37,6 +37,7 @@ from renkei import bulk
 from renkei.config import load_sources
 from renkei.errors import RenkeiError
 from renkei.keys.rotation import hold_link_key
+from renkei.linkage.mart import mart_lost
 from renkei.linkage.review import held_erks
 from renkei.linkage.subjects import assign_subjects
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules
@@ -323,6 +324,12 @@ def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, 
         assign_subjects(conn, run_id)
     with eng.connect().execution_options(**_read_opts(eng)) as conn, conn.begin():
         link_seq = conn.execute(sa.select(sa.func.max(link_builds.c.seq))).scalar() or 0
+        if link_seq and mart_lost(conn):
+            raise RenkeiError(
+                f"services run {run_id}: the mart is empty although staging holds residents (the warehouse "
+                f"restarted since link build {link_seq}; the mart's tables are unlogged): run link_residents, "
+                "which rebuilds it in full, then this run again"
+            )
         digest = _events_digest(conn)
         scope = (_scope(conn, as_of, link_seq, digest, held_erks(conn))
                  if services is None and full is not True else None)
