@@ -30,41 +30,40 @@ from renkei.assets import MART_RESIDENTS, OUTBOX_NOTICES
 )
 def proactive_services():
     @task
-    def plan(**context) -> dict:
+    def plan(**context) -> list[dict]:
+        """One item per part to evaluate, each carrying the whole plan (counts and ids only)."""
         from renkei.outputs.outbox import plan_services
         from renkei.runctx import evaluation_date, run_key
         from renkei.settings import Settings, services_parts
 
-        return plan_services(Settings.from_env().warehouse_url, evaluation_date(context), run_key(context),
-                             parts=services_parts())
+        planned = plan_services(Settings.from_env().warehouse_url, evaluation_date(context), run_key(context),
+                                parts=services_parts())
+        return [{"index": i, "plan": planned} for i in range(planned["parts"])]
 
     @task
-    def parts(planned: dict) -> list[int]:
-        return list(range(planned["parts"]))
-
-    @task
-    def evaluate(index: int, planned: dict) -> dict:
+    def evaluate(part: dict) -> dict:
         from renkei.outputs.outbox import evaluate_part
         from renkei.settings import Settings
 
-        return evaluate_part(Settings.from_env().warehouse_url, planned, index)
+        return evaluate_part(Settings.from_env().warehouse_url, part["plan"], part["index"])
 
     @task(outlets=[OUTBOX_NOTICES])
-    def record(planned: dict, evaluated: list[dict], **context) -> dict:
+    def record(parts: list[dict], evaluated: list[dict], **context) -> dict:
         from datetime import date
 
         from renkei.audit.records import record_notices_published
         from renkei.outputs.outbox import record_services
         from renkei.settings import Settings
 
+        planned = parts[0]["plan"]
         url = Settings.from_env().warehouse_url
         counts = record_services(url, planned, list(evaluated))
         record_notices_published(url, planned["run_id"], date.fromisoformat(planned["as_of"]), counts)
         context["outlet_events"][OUTBOX_NOTICES].extra = counts
         return counts
 
-    planned = plan()
-    record(planned, evaluate.partial(planned=planned).expand(index=parts(planned)))
+    parts = plan()
+    record(parts, evaluate.expand(part=parts))
 
 
 proactive_services()
