@@ -70,7 +70,8 @@ def analyze(conn: sa.Connection, tables: Sequence[sa.Table]) -> None:
 def refilled(conn: sa.Connection, tables: Sequence[sa.Table]) -> Iterator[None]:
     """Empty ``tables`` for a full rebuild; the body fills them again.
 
-    On PostgreSQL the tables are truncated and their primary keys and indexes dropped, then
+    On PostgreSQL the tables are truncated and their primary keys, unique constraints and
+    indexes dropped, then
     rebuilt after the body (a sorted build instead of millions of random b-tree inserts) and
     the tables analyzed. All of it is transactional: a failed build leaves the old mart.
     """
@@ -86,6 +87,8 @@ def refilled(conn: sa.Connection, tables: Sequence[sa.Table]) -> Iterator[None]:
         pk = insp.get_pk_constraint(t.name).get("name")
         if pk:
             conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} DROP CONSTRAINT {prep.quote(pk)}")
+        for uq in insp.get_unique_constraints(t.name):
+            conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} DROP CONSTRAINT {prep.quote(uq['name'])}")
         existing = {ix["name"] for ix in insp.get_indexes(t.name)}
         for ix in t.indexes:
             if ix.name in existing:
@@ -98,6 +101,10 @@ def refilled(conn: sa.Connection, tables: Sequence[sa.Table]) -> Iterator[None]:
         cols = ", ".join(prep.quote(c.name) for c in t.primary_key.columns)
         name = t.primary_key.name or f"{t.name}_pkey"
         conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} ADD CONSTRAINT {prep.quote(name)} PRIMARY KEY ({cols})")
+        for uq in (c for c in t.constraints if isinstance(c, sa.UniqueConstraint)):
+            ucols = ", ".join(prep.quote(c.name) for c in uq.columns)
+            uname = uq.name or f"{t.name}_{'_'.join(c.name for c in uq.columns)}_key"
+            conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(t)} ADD CONSTRAINT {prep.quote(uname)} UNIQUE ({ucols})")
         for ix in t.indexes:
             conn.execute(CreateIndex(ix))
     analyze(conn, tables)

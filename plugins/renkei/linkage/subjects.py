@@ -13,15 +13,29 @@ import secrets
 
 import sqlalchemy as sa
 
-from renkei.bulk import insert_rows
+from renkei.bulk import insert_rows, refilled
 from renkei.warehouse import mart_residents, subjects
 
 SUBJECT_KEY_BYTES = 16  # 32 hex characters
 
 
 def assign_subjects(conn: sa.Connection, run_id: str) -> int:
-    """Give every mart ERK that has no subject key a new one (bulk insert); returns how many."""
+    """Give every mart ERK that has no subject key a new one; returns how many.
+
+    PostgreSQL draws the keys itself (``gen_random_uuid``: 122 random bits from the server's
+    strong random source, as 32 hex characters) in one INSERT … SELECT, and a first fill builds
+    the table's keys after the insert; other engines draw them with ``secrets``.
+    """
     has = sa.select(subjects.c.erk).where(subjects.c.erk == mart_residents.c.erk).exists()
+    if conn.dialect.name == "postgresql":
+        key = sa.func.replace(sa.cast(sa.func.gen_random_uuid(), sa.Text), "-", "")
+        insert = sa.insert(subjects).from_select(
+            ["erk", "subject_key", "first_run_id"],
+            sa.select(mart_residents.c.erk, key, sa.literal(run_id, sa.String(250))).where(~has))
+        if conn.execute(sa.select(subjects.c.erk).limit(1)).first() is None:
+            with refilled(conn, [subjects]):  # empty: keys built in one sorted pass afterwards
+                return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
+        return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
     new = list(conn.execute(sa.select(mart_residents.c.erk).where(~has)).scalars())
     rows = [(erk, secrets.token_hex(SUBJECT_KEY_BYTES), run_id) for erk in new]
     return insert_rows(conn, subjects, ["erk", "subject_key", "first_run_id"], rows)
