@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
@@ -103,8 +104,7 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
                 f"run `renkei pseudonymize --source {source.name} …` first"
             )
         with src_eng.connect() as sconn:
-            result = sconn.execute(query, execution_options={"yield_per": source.validate_chunk_rows})
-            for part in result.partitions():
+            for part in _chunks(sconn, query, xt, source.validate_chunk_rows):
                 t = time.perf_counter()
                 reasons = _chunk_reasons(source, columns, part, settings)
                 validate_s += time.perf_counter() - t
@@ -125,6 +125,25 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
             "validate_s": round(validate_s, 3)}
 
 
+def _chunks(conn: sa.Connection, query: sa.Select, table: sa.Table, size: int) -> Iterator[Sequence[tuple]]:
+    """The query's rows in lists of ``size`` tuples. When no column type converts values (the
+    extract tables hold integers and text), straight from a driver cursor (server-side on
+    PostgreSQL): SQLAlchemy's per-row Row objects cost as much as copying the rows into the
+    warehouse."""
+    if not all(isinstance(c.type, (sa.Integer, sa.String)) for c in table.columns):
+        yield from conn.execute(query, execution_options={"yield_per": size}).partitions()
+        return
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    driver = conn.connection.driver_connection
+    cursor = driver.cursor(name="renkei_extract") if conn.dialect.name == "postgresql" else driver.cursor()
+    try:
+        cursor.execute(sql)
+        while part := cursor.fetchmany(size):
+            yield part
+    finally:
+        cursor.close()
+
+
 def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings) -> dict[int, str]:
     """source_row -> quarantine reason for the chunk's rows that fail the suite (``columns[0]``
     is source_row)."""
@@ -134,7 +153,7 @@ def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings)
 
     from renkei.quality.gx_runner import quarantine_reason, validate_frame  # noqa: PLC0415
 
-    frame = pd.DataFrame([tuple(r) for r in part], columns=columns, dtype=object)
+    frame = pd.DataFrame(part if isinstance(part[0], tuple) else [tuple(r) for r in part], columns=columns, dtype=object)
     outcome = validate_frame(source.name, frame, settings.expectations_dir)
     return {row: quarantine_reason(fails) for row, fails in outcome.failures.items()}
 

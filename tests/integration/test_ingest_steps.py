@@ -246,3 +246,25 @@ def test_a_suite_changed_after_the_extract_runs_again_at_validate(settings, tmp_
     out = validate(IMM, "s", settings)
     assert out["suite_rerun"] and out["failed"] == 0 and _reasons(settings.warehouse_url) == {}
     assert load(IMM, "s", ring, settings)["loaded"] == 40
+
+
+def test_extracts_in_postgresql_are_read_in_chunks_since_the_watermark(tmp_path, ring, pg_factory):
+    # The extracts database may be a department's PostgreSQL: rows come through a server-side
+    # cursor, chunk by chunk, and the watermark filter is applied there.
+    settings = Settings(warehouse_url=f"sqlite:///{tmp_path / 'wh.db'}", extracts_url=pg_factory(),
+                        config_dir=Settings.from_env().config_dir, expectations_dir=Settings.from_env().expectations_dir)
+    src = replace(IMM, validate_chunk_rows=7)
+    rows = [_imm_row(i) for i in range(30)]
+    rows[4]["vaccine_code"] = "XYZ"
+    path = _write(tmp_path / "imm.csv", rows)
+    pseudonymize(src, str(path), settings.extracts_url, ring)
+    first = extract(src, "p1", settings)
+    assert (first["read"], first["failed"]) == (30, 1)
+    validate(src, "p1", settings)
+    assert load(src, "p1", ring, settings)["loaded"] == 29
+    rows.append(_imm_row(30, updated_at="2025-05-02T09:00:00+09:00"))
+    pseudonymize(src, str(_write(path, rows)), settings.extracts_url, ring)
+    extract(src, "p2", settings)
+    validate(src, "p2", settings)
+    load(src, "p2", ring, settings)
+    assert extract(src, "p3", settings)["read"] == 1  # only the row at the watermark
