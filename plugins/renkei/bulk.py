@@ -71,9 +71,8 @@ def refilled(conn: sa.Connection, tables: Sequence[sa.Table]) -> Iterator[None]:
     """Empty ``tables`` for a full rebuild; the body fills them again.
 
     On PostgreSQL the tables are truncated and their primary keys, unique constraints and
-    indexes dropped, then
-    rebuilt after the body (a sorted build instead of millions of random b-tree inserts) and
-    the tables analyzed. All of it is transactional: a failed build leaves the old mart.
+    indexes dropped, then rebuilt after the body (a sorted build instead of millions of random
+    b-tree inserts) and the tables analyzed. All of it is transactional: a failed build leaves the old mart.
     """
     if not _pg(conn):
         for t in tables:

@@ -114,8 +114,7 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
                 latest = max((r[stamp] for r in part if r[stamp] is not None), default=None)
                 if latest is not None and (newest is None or latest > newest):
                     newest = latest
-        upsert(wconn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": read,
-                                        "failed": failed}])
+        upsert(wconn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": read}])
         _record_run(wconn, source.name, run_id, read=read, watermark_from=wm, watermark_to=newest, state="extracted")
     src_eng.dispose()
     wh.dispose()
@@ -199,17 +198,12 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
         # Uniqueness across chunk boundaries: GX sees one chunk at a time.
         dups = _duplicate_rows(conn, land, source.key, run_id)
         if dups:
-            unique = RowFailure("expect_column_values_to_be_unique", source.key)
-            merged = [
-                {"b_row": row, "b_reason": quarantine_reason([*_failures_of(reason, RowFailure), unique])}
+            unique = [RowFailure("expect_column_values_to_be_unique", source.key)]
+            _set_reasons(conn, land, this_run, {
+                row: quarantine_reason(unique, landed=reason)
                 for row, reason in conn.execute(
                     sa.select(land.c.source_row, land.c.quarantine_reason).where(this_run, land.c.source_row.in_(dups)))
-            ]
-            conn.execute(
-                land.update().where(this_run, land.c.source_row == sa.bindparam("b_row"))
-                .values(quarantine_reason=sa.bindparam("b_reason")),
-                merged,
-            )
+            })
         by_reason: Counter = Counter()
         failed = 0
         for reason, n in conn.execute(
@@ -219,8 +213,7 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             failed += n
             for part in reason.split("; "):
                 by_reason[part] += n
-        upsert(conn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": landed,
-                                       "failed": failed}])
+        upsert(conn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": landed}])
         known = _already_quarantined(conn, source, land, run_id) if failed else 0
         new_failures = failed - known
         halt = _halts(source, new_failures, landed - known)
@@ -243,16 +236,9 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
     return summary
 
 
-def _failures_of(reason: str | None, row_failure) -> list:
-    """The RowFailures a landed quarantine reason lists ("expectation:column; …")."""
-    if not reason:
-        return []
-    return [row_failure(*item.split(":", 1)) for item in reason.split("; ")]
-
-
 def _rerun_suite(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, settings: Settings) -> None:
     """Run the suite again over the landed batch, chunk by chunk, replacing its landed reasons."""
-    data_cols = [c.name for c in land.columns if c.name not in ("run_id", "quarantine_reason")]
+    data_cols = content_columns(source)
     this_run = land.c.run_id == run_id
     reasons: dict[int, str] = {}
     query = sa.select(*[land.c[c] for c in data_cols]).where(this_run).order_by(land.c.source_row)
@@ -260,6 +246,11 @@ def _rerun_suite(conn: sa.Connection, source: Source, land: sa.Table, run_id: st
         reasons.update(_chunk_reasons(source, data_cols, part, settings))
     # A re-run starts clean (rewriting every row would cost a full pass).
     conn.execute(land.update().where(this_run, land.c.quarantine_reason.is_not(None)).values(quarantine_reason=None))
+    _set_reasons(conn, land, this_run, reasons)
+
+
+def _set_reasons(conn: sa.Connection, land: sa.Table, this_run, reasons: dict[int, str]) -> None:
+    """Write these landing rows' quarantine reasons (source_row -> reason)."""
     if reasons:
         conn.execute(
             land.update().where(this_run, land.c.source_row == sa.bindparam("b_row"))

@@ -74,7 +74,13 @@ def landing_table(source: Source) -> sa.Table:
     )
     # Landing holds a batch only between extract and load, and the extract can always be re-run:
     # no WAL for it on PostgreSQL (validate checks the batch is whole after a server crash).
-    sa.event.listen(table, "after_create", sa.DDL(f'ALTER TABLE "{name}" SET UNLOGGED').execute_if(dialect="postgresql"))
+    return _unlogged(table)
+
+
+def _unlogged(table: sa.Table) -> sa.Table:
+    """Create ``table`` UNLOGGED on PostgreSQL (no WAL; a server crash empties it)."""
+    sa.event.listen(table, "after_create",
+                    sa.DDL(f'ALTER TABLE "{table.name}" SET UNLOGGED').execute_if(dialect="postgresql"))
     return table
 
 
@@ -143,7 +149,6 @@ landing_checks = sa.Table(
     sa.Column("source", sa.String(64), primary_key=True),
     sa.Column("suite", sa.String(64), nullable=False),  # gx_runner.suite_fingerprint when checked
     sa.Column("rows", sa.Integer, nullable=False),  # rows checked
-    sa.Column("failed", sa.Integer, nullable=False),
 )
 
 mart_residents = sa.Table(
@@ -199,10 +204,7 @@ link_flags = sa.Table(
 # (a whole-city build wrote ~1 GB of it and its checkpoints). A server crash empties unlogged
 # tables; the next link then builds in full (renkei.linkage.mart.mart_lost) and services refuse
 # to evaluate an emptied mart. Streaming replicas do not receive unlogged tables.
-MART_UNLOGGED = (mart_residents, mart_doses, linkage, link_flags)
-for _table in MART_UNLOGGED:
-    sa.event.listen(_table, "after_create",
-                    sa.DDL(f'ALTER TABLE "{_table.name}" SET UNLOGGED').execute_if(dialect="postgresql"))
+MART_TABLES = tuple(_unlogged(t) for t in (mart_doses, mart_residents, linkage, link_flags))
 
 notices = sa.Table(
     "notices", metadata,
@@ -246,6 +248,12 @@ def engine(url: str) -> sa.Engine:
 
         return eng
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def snapshot_options(eng: sa.Engine) -> dict:
+    """Execution options for a transaction that reads one snapshot: REPEATABLE READ on
+    PostgreSQL (a SQLite transaction reads one already)."""
+    return {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
 
 
 def ensure_schema(eng: sa.Engine) -> None:

@@ -325,7 +325,7 @@ def test_a_run_is_recorded_only_when_every_part_reported(both):
 def test_a_mart_emptied_by_a_crash_is_rebuilt_in_full_before_services_run(both):
     # PostgreSQL empties unlogged tables on crash recovery; emptying them by hand is the same state.
     from renkei.errors import RenkeiError
-    from renkei.warehouse import MART_UNLOGGED
+    from renkei.warehouse import MART_TABLES
 
     url = both["full_url"]
     if url.startswith("postgresql"):
@@ -335,7 +335,7 @@ def test_a_mart_emptied_by_a_crash_is_rebuilt_in_full_before_services_run(both):
     before = _tables(url)
     eng = engine(url)
     with eng.begin() as conn:
-        for t in MART_UNLOGGED:
+        for t in MART_TABLES:
             conn.execute(t.delete())
     eng.dispose()
     with pytest.raises(RenkeiError, match="run link_residents"):

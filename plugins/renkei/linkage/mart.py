@@ -31,12 +31,14 @@ from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
     engine,
     ensure_schema,
+    MART_TABLES,
     link_builds,
     link_flags,
     linkage,
     mart_changes,
     mart_doses,
     mart_residents,
+    snapshot_options,
     staging_table,
     yyyymmdd,
 )
@@ -44,7 +46,6 @@ from renkei.warehouse import (
 log = logging.getLogger(__name__)
 ATTRIBUTE_SOURCES = ("immunization", "child_health", "nhi")  # carry a copy of birth date/sex
 FULL, INCREMENTAL = "full", "incremental"
-MART_TABLES = (mart_doses, mart_residents, linkage, link_flags)
 
 
 def _day_bounds(on: date) -> tuple[str, str]:
@@ -201,10 +202,9 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None =
     eng = engine(warehouse_url)
     ensure_schema(eng)
     grace = move_grace_days()
-    opts = {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
     # One snapshot on PostgreSQL: the ingest runs read first are exactly those whose rows the
     # build sees, so a run committing meanwhile is left whole to the next build.
-    with eng.connect().execution_options(**opts) as conn, conn.begin():
+    with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
         hold_link_key(conn)  # first statement: no build while ERKs are re-sealed (renkei.keys.rotation)
         bulk.tune(conn)
         prev = _previous_build(conn)

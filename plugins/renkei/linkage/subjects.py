@@ -10,6 +10,7 @@ against the warehouse after the rotation meant to lock them out.
 from __future__ import annotations
 
 import secrets
+from contextlib import nullcontext
 
 import sqlalchemy as sa
 
@@ -32,10 +33,9 @@ def assign_subjects(conn: sa.Connection, run_id: str) -> int:
         insert = sa.insert(subjects).from_select(
             ["erk", "subject_key", "first_run_id"],
             sa.select(mart_residents.c.erk, key, sa.literal(run_id, sa.String(250))).where(~has))
-        if conn.execute(sa.select(subjects.c.erk).limit(1)).first() is None:
-            with refilled(conn, [subjects]):  # empty: keys built in one sorted pass afterwards
-                return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
-        return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
+        empty = conn.execute(sa.select(subjects.c.erk).limit(1)).first() is None
+        with refilled(conn, [subjects]) if empty else nullcontext():  # empty: keys built after, in one sorted pass
+            return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
     new = list(conn.execute(sa.select(mart_residents.c.erk).where(~has)).scalars())
     rows = [(erk, secrets.token_hex(SUBJECT_KEY_BYTES), run_id) for erk in new]
     return insert_rows(conn, subjects, ["erk", "subject_key", "first_run_id"], rows)

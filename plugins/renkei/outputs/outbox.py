@@ -57,6 +57,7 @@ from renkei.warehouse import (
     services_held,
     services_held_pending,
     services_runs,
+    snapshot_options,
     staging_table,
     subjects,
     upsert,
@@ -301,10 +302,6 @@ def _record(conn: sa.Connection, run_id: str, as_of: date, link_seq: int, digest
     conn.execute(mart_changes.delete().where(mart_changes.c.build_seq <= link_seq))
 
 
-def _read_opts(eng: sa.Engine) -> dict:
-    return {"isolation_level": "REPEATABLE READ"} if eng.dialect.name == "postgresql" else {}
-
-
 def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, services: list[str] | None = None,
                   full: bool | None = None) -> dict:
     """Decide what a services run evaluates; returns the plan the parts and the record step share
@@ -322,7 +319,7 @@ def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, 
     with eng.begin() as conn:
         link_version = hold_link_key(conn)
         assign_subjects(conn, run_id)
-    with eng.connect().execution_options(**_read_opts(eng)) as conn, conn.begin():
+    with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
         link_seq = conn.execute(sa.select(sa.func.max(link_builds.c.seq))).scalar() or 0
         if link_seq and mart_lost(conn):
             raise RenkeiError(
@@ -358,7 +355,7 @@ def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
     rows: list[dict] = []
     # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
     # transaction upgraded to a writer fails if another writer came in between).
-    with eng.connect().execution_options(**_read_opts(eng)) as conn, conn.begin():
+    with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
         bulk.tune(conn)
         held = held_erks(conn, part.clause(review_queue.c.erk))
         scope = None

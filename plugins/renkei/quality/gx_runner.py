@@ -329,6 +329,8 @@ def _parse_error_items(listed: Any) -> list[str]:
     return [item.split(":", 1)[0].strip() or TABLE for item in listed.split(";") if item.strip()]
 
 
-def quarantine_reason(failures: list[RowFailure]) -> str:
-    """One line for the quarantine table, e.g. "expect_column_values_to_be_in_set:vaccine_code; parse_error:birth_date"."""
-    return "; ".join(sorted({f"{failure.expectation}:{failure.column}" for failure in failures}))
+def quarantine_reason(failures: list[RowFailure], landed: str | None = None) -> str:
+    """One line for the quarantine table, e.g. "expect_column_values_to_be_in_set:vaccine_code; parse_error:birth_date"
+    (with ``landed``: that reason's items and the failures', each once)."""
+    items = {f"{failure.expectation}:{failure.column}" for failure in failures}
+    return "; ".join(sorted(items.union(landed.split("; ") if landed else ())))
