@@ -2,7 +2,7 @@
 
     renkei keys init|status|rotate|retire|reseal  the keyring and key rotation (commands/keys.py)
     renkei synth --residents N --seed S --as-of D --out DIR [--format sqlite|csv|csv-cp932]
-    renkei pseudonymize --source NAME --from URL_OR_CSV --to URL
+    renkei pseudonymize --source NAME --from URL_OR_CSV --to URL [--reconcile | --full]
     renkei run --raw DIR --as-of D [--warehouse URL] [--work DIR]
 """
 
@@ -39,20 +39,22 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _pseudonymize(args: argparse.Namespace) -> int:
     from renkei.config import load_sources
-    from renkei.keys.adapter import pseudonymize
+    from renkei.keys.adapter import FULL, INCREMENTAL, RECONCILE, pseudonymize
     from renkei.keys.ring import KeyRing
 
     sources = load_sources()
     if args.source not in sources:
         raise RenkeiError(f"unknown source {args.source!r}: use one of {sorted(sources)} (config/sources.yaml)")
+    mode = FULL if args.full else RECONCILE if args.reconcile else INCREMENTAL
     res = pseudonymize(sources[args.source], args.from_, args.to, KeyRing.load(args.keyring),
-                       progress=lambda m: print(f"pseudonymize {m}"))
+                       progress=lambda m: print(f"pseudonymize {m}"), mode=mode, state_url=args.state)
     print(json.dumps(res.__dict__))
-    if args.emit:
-        from renkei.commands.emit import _emit
+    if args.emit and res.written:
+        from renkei.events import ChangeEvent
+        from renkei.commands.emit import publish_event
 
         try:
-            _emit(argparse.Namespace(source=args.source, extracts=args.to))
+            publish_event(ChangeEvent(source=args.source, change_seq=res.last_seq, row_count=res.written))
         except RenkeiError as exc:
             # The extract is written; the scheduled sweep will find it even without the event.
             print(f"renkei: warning: change event not sent: {exc}", file=sys.stderr)
@@ -88,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--from", dest="from_", required=True, help="a CSV path or a SQLAlchemy URL of the raw table")
     ps.add_argument("--to", required=True, help="SQLAlchemy URL of the extract database")
     ps.add_argument("--keyring", help="keyring path (default: $RENKEI_KEYRING)")
+    ps.add_argument("--state", help="SQLAlchemy URL of the adapter's own state (default: the --to database)")
+    how = ps.add_mutually_exclusive_group()
+    how.add_argument("--reconcile", action="store_true",
+                     help="diff the complete key set: changed rows and a tombstone per vanished row (nightly)")
+    how.add_argument("--full", action="store_true", help="write every row again (and tombstones)")
     ps.add_argument("--no-emit", dest="emit", action="store_false",
-                    help="do not publish a change event after writing the extract")
+                    help="do not publish a change event after writing changes")
     ps.set_defaults(func=_pseudonymize)
 
     rn = sub.add_parser("run", help="pseudonymize a raw folder and run the DAG chain for a date")

@@ -42,6 +42,14 @@ class Source:
     validate_chunk_rows: int
     sweep_cron: str
     quarantine_fail_safe: str | None = None  # staged column set when an update of a record is rejected
+    # Change capture (renkei.keys.adapter): the department column that hints at changes (None:
+    # diff every export in full), how far before the adapter's position an incremental read
+    # starts, how far past the export time an updated_at may be before it is quarantined, and
+    # when the reconcile (full key diff, tombstones) runs.
+    change_column: str | None = "updated_at"
+    change_overlap_minutes: int = 120
+    max_clock_skew_minutes: int = 10
+    reconcile_cron: str = "30 2 * * *"
 
     @property
     def raw_columns(self) -> list[str]:
@@ -114,7 +122,14 @@ def load_sources(config_dir: Path | None = None) -> dict[str, Source]:
             sweep_cron=str(spec.get("sweep_cron", defaults.get("sweep_cron", "*/5 * * * *"))),
             chunk_rows=int(spec.get("chunk_rows", defaults.get("chunk_rows", 50000))),
             validate_chunk_rows=int(spec.get("validate_chunk_rows", defaults.get("validate_chunk_rows", 100000))),
+            change_column=spec.get("change_column", defaults.get("change_column", "updated_at" if "updated_at" in cols else None)),
+            change_overlap_minutes=int(spec.get("change_overlap_minutes", defaults.get("change_overlap_minutes", 120))),
+            max_clock_skew_minutes=int(spec.get("max_clock_skew_minutes", defaults.get("max_clock_skew_minutes", 10))),
+            reconcile_cron=str(spec.get("reconcile_cron", defaults.get("reconcile_cron", "30 2 * * *"))),
         )
+        if src.change_column is not None and cols.get(src.change_column) != "timestamp":
+            raise ConfigError(f"{where}.change_column: {src.change_column!r} is not a timestamp column of the source; "
+                              "name one, or null to diff every export in full")
         if src.quarantine_fail_safe and src.quarantine_fail_safe not in src.extract_columns:
             raise ConfigError(f"{where}.quarantine_fail_safe: {src.quarantine_fail_safe!r} is not a column of the source")
         if key not in src.extract_columns:

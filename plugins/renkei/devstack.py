@@ -34,6 +34,14 @@ def tokyo_today() -> date:
     return (datetime.now(timezone.utc) + timedelta(hours=9)).date()
 
 
+def now_jst_text() -> str:
+    """The department's clock reading now, in JST with its zone (the machine's clock is UTC:
+    a bare ``datetime.now()`` labelled +09:00 would be nine hours behind)."""
+    from renkei.sources.values import format_timestamp
+
+    return format_timestamp(datetime.now(timezone.utc))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,7 +157,7 @@ class DevStack:
         self._births += 1
         code = f"9{uuid.uuid4().int % 10**10:010d}"
         born = tokyo_today() - timedelta(days=70)
-        stamp = datetime.now().strftime("%Y-%m-%dT%H:%M:%S") + "+09:00"
+        stamp = now_jst_text()
         con = sqlite3.connect(self.raw / "registry.db")
         con.execute(
             "INSERT INTO registry (resident_code, name_kana, name_kanji, birth_date, sex, ward_code, address, "
@@ -161,22 +169,22 @@ class DevStack:
         con.close()
         return code
 
-    def export_and_publish(self, source: str = "registry", times: int = 1) -> None:
-        """Run the export adapter for ``source`` and publish its change event ``times`` times."""
+    def export_and_publish(self, source: str = "registry", times: int = 1, mode: str = "incremental"):
+        """Run the export adapter for ``source`` and, when it wrote changes, publish its change
+        event ``times`` times; returns the adapter's ExtractResult."""
         from renkei.config import load_sources
         from renkei.events import ChangeEvent, publish
         from renkei.events.channel import load_channel
         from renkei.keys.adapter import pseudonymize, raw_location
 
         src = load_sources()[source]
-        res = pseudonymize(src, raw_location(self.raw, source), self.extracts, self.ring)
-        eng = sa.create_engine(self.extracts)
-        with eng.connect() as conn:
-            wm = conn.execute(sa.text(f"SELECT max(updated_at) FROM extract_{source}")).scalar()
-        eng.dispose()
-        event = ChangeEvent(source=source, watermark=wm, row_count=res.written)
+        res = pseudonymize(src, raw_location(self.raw, source), self.extracts, self.ring, mode=mode)
+        if res.last_seq is None:
+            return res
+        event = ChangeEvent(source=source, change_seq=res.last_seq, row_count=res.written)
         for _ in range(times):
             publish(event, load_channel(self.cfg_dir))
+        return res
 
     # -- observations -------------------------------------------------------------------
     def notices_for(self, code: str) -> set[str]:

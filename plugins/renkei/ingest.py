@@ -1,16 +1,18 @@
 """Ingesting one source in three idempotent steps: extract → validate → load.
 
-1. :func:`extract` copies the extract rows changed since the persisted watermark into
-   ``landing_<source>`` under the run id (rows stay under the department pseudonym).
-   The source's GX suite runs on each chunk while it is in memory, and each landing row
-   carries the quarantine reason it found (NULL: passes).
+1. :func:`extract` copies the extract rows after the persisted watermark — the export
+   adapter's change sequence, never a department timestamp — into ``landing_<source>`` under
+   the run id (rows stay under the department pseudonym). The source's GX suite runs on each
+   chunk's upserts while they are in memory, an ``updated_at`` later than the export time (plus
+   the allowed skew) fails too, and each landing row carries the quarantine reason it found.
 2. :func:`validate` completes that with a set-based duplicate-key check over the whole batch
    (re-running the suite over the landed rows if it changed since the extract). Above the
    source's ``max_failure_rate`` it raises :class:`ValidationFailed`: nothing is loaded.
 3. :func:`load` converts the batch's distinct department pseudonyms to ERKs in memory (into a
-   temporary table), then upserts passing rows into ``staging_<source>`` and failing rows into
-   ``quarantine`` with INSERT … SELECT, advances the watermark and clears the landing rows —
-   all in one transaction, so a crash leaves no half state.
+   temporary table); per natural key the batch's latest passing change applies: a tombstone
+   moves the staged row to ``staging_deleted``, an upsert is upserted into ``staging_<source>``;
+   failing rows go to ``quarantine`` with INSERT … SELECT. It advances the watermark and clears
+   the landing rows — all in one transaction, so a crash leaves no half state.
 
 Each step returns counts only; rows never leave the databases.
 """
@@ -21,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
@@ -33,6 +35,9 @@ from renkei.keys.rotation import hold_link_key
 from renkei.settings import Settings, redact_url
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
+    CHANGE_COLUMNS,
+    DELETE,
+    UPSERT,
     as_date,
     dialect_insert,
     engine,
@@ -43,6 +48,7 @@ from renkei.warehouse import (
     landing_table,
     quarantine,
     row_digest,
+    staging_deleted,
     staging_key,
     staging_table,
     upsert,
@@ -50,7 +56,10 @@ from renkei.warehouse import (
 )
 
 log = logging.getLogger(__name__)
-BOOKKEEPING = ("run_id", "quarantine_reason")  # source_row stays in: two malformed rows differ by position
+# Not part of a row's digest: where it sits in the change stream and the run (source_row stays in:
+# two malformed rows of one export differ by position).
+BOOKKEEPING = ("run_id", "quarantine_reason", "change_seq", "export_id", "op", "exported_at")
+FUTURE = "updated_at_after_export:updated_at"  # the quarantine reason of a timestamp from the future
 
 
 def _now() -> str:
@@ -67,13 +76,14 @@ def _record_run(conn: sa.Connection, source: str, run_id: str, **fields) -> None
 
 
 def extract(source: Source, run_id: str, settings: Settings | None = None) -> dict:
-    """Land the rows changed since the watermark, each with the quarantine reason the source's
-    GX suite gives it; returns {"read", "failed", "watermark_from", "watermark_to", "validate_s"}.
+    """Land the extract rows after the watermark (change_seq), each with the quarantine reason
+    the source's GX suite gives it; returns {"read", "failed", "deletes", "watermark_from",
+    "watermark_to", "validate_s"}.
 
-    The suite runs on every chunk while it is in memory (reading the batch back out of the
-    warehouse to validate it cost as much as validating it); :func:`validate` then adds the
-    checks that need the whole batch and decides whether it halts. ``validate_s`` is the part of
-    the step's time spent in the suite.
+    The suite runs on every chunk's upserts while they are in memory (reading the batch back out
+    of the warehouse to validate it cost as much as validating it); tombstones carry only their
+    key. :func:`validate` then adds the checks that need the whole batch and decides whether it
+    halts. ``validate_s`` is the part of the step's time spent in the suite.
     """
     from renkei.quality.gx_runner import suite_fingerprint  # noqa: PLC0415 - cheap; GX itself loads on first chunk
 
@@ -84,17 +94,16 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
     src_eng = engine(settings.extracts_url)
     xt = extract_table(source, sa.MetaData())
     with wh.connect() as conn:
-        wm = conn.execute(sa.select(watermarks.c.updated_at).where(watermarks.c.source == source.name)).scalar()
-    # `>=`: a row written later with the watermark's own timestamp is not lost; the rows
-    # re-read at the boundary upsert to the same state.
-    query = sa.select(xt).order_by(xt.c.source_row)
+        wm = conn.execute(sa.select(watermarks.c.change_seq).where(watermarks.c.source == source.name)).scalar()
+    # The position is the adapter's sequence: no department value (a timestamp from the future,
+    # a clock hours off) can move it past a row not yet read.
+    query = sa.select(xt).order_by(xt.c.change_seq)
     if wm is not None:
-        query = query.where(sa.or_(xt.c.updated_at >= wm, xt.c.updated_at.is_(None)))
-    read = failed = 0
+        query = query.where(xt.c.change_seq > wm)
+    read = failed = deletes = 0
     newest = wm
     validate_s = 0.0
     columns = [c.name for c in xt.columns]
-    stamp = columns.index("updated_at")
     suite = suite_fingerprint(source.name, settings.expectations_dir)
     with wh.begin() as wconn:
         wconn.execute(land.delete().where(land.c.run_id == run_id))
@@ -104,24 +113,36 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
                 f"run `renkei pseudonymize --source {source.name} …` first"
             )
         with src_eng.connect() as sconn:
+            _check_extract(sconn, source, xt)
             for part in _chunks(sconn, query, xt, source.validate_chunk_rows):
                 t = time.perf_counter()
                 reasons = _chunk_reasons(source, columns, part, settings)
                 validate_s += time.perf_counter() - t
                 failed += len(reasons)
+                deletes += sum(1 for r in part if r[2] == DELETE)
                 read += insert_rows(wconn, land, ["run_id", *columns, "quarantine_reason"],
                                     [(run_id, *r, reasons.get(r[0])) for r in part])
-                latest = max((r[stamp] for r in part if r[stamp] is not None), default=None)
-                if latest is not None and (newest is None or latest > newest):
-                    newest = latest
+                newest = max(newest or 0, part[-1][0])
         upsert(wconn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": read}])
         _record_run(wconn, source.name, run_id, read=read, watermark_from=wm, watermark_to=newest, state="extracted")
     src_eng.dispose()
     wh.dispose()
-    log.info("extract %s: %d rows since watermark %s, %d failing its suite (%.1fs in the suite)",
-             source.name, read, wm, failed, validate_s)
-    return {"read": read, "failed": failed, "watermark_from": wm, "watermark_to": newest,
+    log.info("extract %s: %d changes after change_seq %s (%d tombstones), %d failing its suite (%.1fs in the suite)",
+             source.name, read, wm, deletes, failed, validate_s)
+    return {"read": read, "failed": failed, "deletes": deletes, "watermark_from": wm, "watermark_to": newest,
             "validate_s": round(validate_s, 3)}
+
+
+def _check_extract(conn: sa.Connection, source: Source, xt: sa.Table) -> None:
+    """The extract is a change log of this Renkei version (not an older full snapshot)."""
+    cols = {c["name"] for c in sa.inspect(conn).get_columns(xt.name)}
+    missing = [c.name for c in xt.columns if c.name not in cols]
+    if missing:
+        raise SourceError(
+            f"{source.name}: {xt.name} lacks {missing}: it was written by an older export adapter (a full "
+            f"snapshot). The department drops {xt.name} and exports again with `renkei pseudonymize --source "
+            f"{source.name} --full`; ingest then reads every row once"
+        )
 
 
 def _chunks(conn: sa.Connection, query: sa.Select, table: sa.Table, size: int) -> Iterator[Sequence[tuple]]:
@@ -144,28 +165,59 @@ def _chunks(conn: sa.Connection, query: sa.Select, table: sa.Table, size: int) -
 
 
 def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings) -> dict[int, str]:
-    """source_row -> quarantine reason for the chunk's rows that fail the suite (``columns[0]``
-    is source_row)."""
+    """change_seq -> quarantine reason for the chunk's upserts that fail the suite or carry an
+    ``updated_at`` later than their export time plus the source's allowed clock skew
+    (``columns[0]`` is change_seq). Tombstones carry only their key: nothing to validate."""
     if not part:
         return {}
     import pandas as pd  # noqa: PLC0415 - heavy, only inside the task
 
-    from renkei.quality.gx_runner import quarantine_reason, validate_frame  # noqa: PLC0415
+    from renkei.quality.gx_runner import RowFailure, quarantine_reason, validate_frame  # noqa: PLC0415
 
-    frame = pd.DataFrame(part if isinstance(part[0], tuple) else [tuple(r) for r in part], columns=columns, dtype=object)
+    at = {c: i for i, c in enumerate(columns)}
+    rows = [tuple(r) for r in part if r[at["op"]] == UPSERT]
+    if not rows:
+        return {}
+    data = [c for c in columns if c not in CHANGE_COLUMNS and c != "source_row"]
+    # The suite sees the extract's layout, with the change_seq as the batch's row identity.
+    frame = pd.DataFrame([(r[0], *(r[at[c]] for c in data)) for r in rows], columns=["source_row", *data], dtype=object)
     outcome = validate_frame(source.name, frame, settings.expectations_dir)
-    return {row: quarantine_reason(fails) for row, fails in outcome.failures.items()}
+    out: dict[int, list] = {}
+    for row, fails in outcome.failures.items():
+        # Uniqueness is validate's batch check, per export: one key changed in two exports of
+        # one batch is two changes, not a duplicate.
+        kept = [f for f in fails if f.expectation != UNIQUE]
+        if kept:
+            out[row] = kept
+    if "updated_at" in at:
+        skew = timedelta(minutes=source.max_clock_skew_minutes)
+        ceilings: dict[str, str] = {}
+        for r in rows:
+            stamp, exported = r[at["updated_at"]], r[at["exported_at"]]
+            if stamp is None:
+                continue
+            ceiling = ceilings.get(exported)
+            if ceiling is None:
+                ceiling = ceilings[exported] = format_timestamp(datetime.fromisoformat(exported) + skew)
+            if stamp > ceiling:  # canonical JST text: string order is time order
+                out.setdefault(r[0], []).append(RowFailure(*FUTURE.split(":")))
+    return {row: quarantine_reason(fails) for row, fails in out.items()}
+
+
+UNIQUE = "expect_column_values_to_be_unique"
 
 
 def _duplicate_rows(conn: sa.Connection, land: sa.Table, key: str, run_id: str) -> set[int]:
-    """source_rows whose key occurs more than once in this run's batch (set-based)."""
+    """change_seqs of upserts whose key occurs more than once in one export of this run's batch
+    (set-based; the same key in two exports is two successive changes)."""
+    mine = sa.and_(land.c.run_id == run_id, land.c.op == UPSERT, land.c[key].is_not(None))
     dup_keys = (
-        sa.select(land.c[key])
-        .where(land.c.run_id == run_id, land.c[key].is_not(None))
-        .group_by(land.c[key])
-        .having(sa.func.count() > 1)
-    )
-    q = sa.select(land.c.source_row).where(land.c.run_id == run_id, land.c[key].in_(dup_keys))
+        sa.select(land.c.export_id, land.c[key]).where(mine)
+        .group_by(land.c.export_id, land.c[key]).having(sa.func.count() > 1)
+    ).subquery()
+    q = sa.select(land.c.change_seq).select_from(
+        land.join(dup_keys, sa.and_(dup_keys.c.export_id == land.c.export_id, dup_keys.c[key] == land.c[key]))
+    ).where(mine)
     return set(conn.execute(q).scalars())
 
 
@@ -202,7 +254,7 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
             _set_reasons(conn, land, this_run, {
                 row: quarantine_reason(unique, landed=reason)
                 for row, reason in conn.execute(
-                    sa.select(land.c.source_row, land.c.quarantine_reason).where(this_run, land.c.source_row.in_(dups)))
+                    sa.select(land.c.change_seq, land.c.quarantine_reason).where(this_run, land.c.change_seq.in_(dups)))
             })
         by_reason: Counter = Counter()
         failed = 0
@@ -238,22 +290,22 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
 
 def _rerun_suite(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, settings: Settings) -> None:
     """Run the suite again over the landed batch, chunk by chunk, replacing its landed reasons."""
-    data_cols = content_columns(source)
+    cols = [c.name for c in extract_table(source, sa.MetaData()).columns]
     this_run = land.c.run_id == run_id
     reasons: dict[int, str] = {}
-    query = sa.select(*[land.c[c] for c in data_cols]).where(this_run).order_by(land.c.source_row)
+    query = sa.select(*[land.c[c] for c in cols]).where(this_run).order_by(land.c.change_seq)
     for part in conn.execute(query, execution_options={"yield_per": source.validate_chunk_rows}).partitions():
-        reasons.update(_chunk_reasons(source, data_cols, part, settings))
+        reasons.update(_chunk_reasons(source, cols, part, settings))
     # A re-run starts clean (rewriting every row would cost a full pass).
     conn.execute(land.update().where(this_run, land.c.quarantine_reason.is_not(None)).values(quarantine_reason=None))
     _set_reasons(conn, land, this_run, reasons)
 
 
 def _set_reasons(conn: sa.Connection, land: sa.Table, this_run, reasons: dict[int, str]) -> None:
-    """Write these landing rows' quarantine reasons (source_row -> reason)."""
+    """Write these landing rows' quarantine reasons (change_seq -> reason)."""
     if reasons:
         conn.execute(
-            land.update().where(this_run, land.c.source_row == sa.bindparam("b_row"))
+            land.update().where(this_run, land.c.change_seq == sa.bindparam("b_row"))
             .values(quarantine_reason=sa.bindparam("b_reason")),
             [{"b_row": row, "b_reason": reason} for row, reason in reasons.items()],
         )
@@ -344,23 +396,54 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
                 f"sealed with a retired key version: for those the department re-exports with `renkei pseudonymize` "
                 f"under the current version (`renkei keys status`)."
             )
-        _insert_staging(conn, source, land, stage, erks, passing, run_id, loaded)
+        # Per natural key the batch's latest passing change applies (a key may change in several
+        # exports of one batch: an update, a delete, a re-insert).
+        later = land.alias("later")
+        superseded = sa.exists().where(
+            later.c.run_id == run_id, later.c[source.key] == land.c[source.key],
+            later.c.change_seq > land.c.change_seq, later.c.quarantine_reason.is_(None))
+        latest = sa.and_(passing, ~superseded)
+        deleted = _retire(conn, source, land, stage, erks, sa.and_(latest, land.c.op == DELETE), run_id, now)
+        _insert_staging(conn, source, land, stage, erks, sa.and_(latest, land.c.op == UPSERT), run_id, loaded)
         if quarantined:
             _insert_quarantine(conn, source, land, failing, run_id, now)
             _fail_safe(conn, source, stage, land, failing, now)
         erks.drop(conn)
         watermark = state.watermark_to
         if watermark is not None:
-            upsert(conn, watermarks, [{"source": source.name, "updated_at": watermark, "run_id": run_id}])
+            upsert(conn, watermarks, [{"source": source.name, "change_seq": watermark, "run_id": run_id}])
         _clear_landing(conn, land, run_id)
         conn.execute(landing_checks.delete().where(
             landing_checks.c.run_id == run_id, landing_checks.c.source == source.name))
-        _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, state="loaded")
+        _record_run(conn, source.name, run_id, loaded=loaded, quarantined=quarantined, deleted=deleted, state="loaded")
     wh.dispose()
-    log.info("load %s: %d loaded, %d quarantined (%d pseudonyms converted in %.1fs), watermark %s",
-             source.name, loaded, quarantined, opened, convert_s, watermark)
-    return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "watermark": watermark,
-            "convert_s": round(convert_s, 3)}
+    log.info("load %s: %d loaded (%d staged rows retired by tombstones), %d quarantined (%d pseudonyms converted "
+             "in %.1fs), watermark change_seq %s", source.name, loaded, deleted, quarantined, opened, convert_s, watermark)
+    return {"read": loaded + quarantined, "loaded": loaded, "quarantined": quarantined, "deleted": deleted,
+            "watermark": watermark, "convert_s": round(convert_s, 3)}
+
+
+def _retire(conn: sa.Connection, source: Source, land: sa.Table, stage: sa.Table, erks: sa.Table, tombstones,
+            run_id: str, now: str) -> int:
+    """Move the staged rows the batch's tombstones name into ``staging_deleted`` (with the
+    tombstone's change_seq and the deletion time); returns how many were retired."""
+    key = staging_key(source)
+    if key == "erk":  # keyed by resident: the tombstone's pseudonym, converted like any other
+        tomb = (sa.select(erks.c.erk.label("k"), land.c.change_seq.label("seq"))
+                .select_from(land.join(erks, erks.c.token == land.c.dept_pseudonym)).where(tombstones))
+    else:
+        tomb = sa.select(land.c[key].label("k"), land.c.change_seq.label("seq")).where(tombstones)
+    tomb = tomb.subquery()
+    if conn.execute(sa.select(tomb.c.k).limit(1)).first() is None:
+        return 0
+    q = sa.select(
+        sa.literal(source.name, sa.String(64)), sa.null() if key == "erk" else stage.c[key],
+        stage.c.erk if "erk" in stage.c else sa.null(), stage.c.row_hash, stage.c.loaded_run_id, tomb.c.seq,
+        sa.literal(run_id, sa.String(250)), sa.literal(now, sa.String(32)),
+    ).select_from(stage.join(tomb, tomb.c.k == stage.c[key]))
+    conn.execute(sa.insert(staging_deleted).from_select(
+        ["source", "record_key", "erk", "row_hash", "loaded_run_id", "change_seq", "deleted_run_id", "deleted_at"], q))
+    return conn.execute(stage.delete().where(stage.c[key].in_(sa.select(tomb.c.k)))).rowcount
 
 
 def _clear_landing(conn: sa.Connection, land: sa.Table, run_id: str) -> None:
@@ -475,11 +558,11 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
     # different keys (e.g. two department pseudonyms of one resident during a key's grace
     # period): the later row wins, as it would across runs.
     if conn.dialect.name != "postgresql":  # SQLite applies the rows in order: the later row's update wins
-        query = query.order_by(land.c.source_row)
+        query = query.order_by(land.c.change_seq)
     elif staging_key(source) == "erk":  # (a department key column: validation quarantined repeats)
         from sqlalchemy.dialects.postgresql import distinct_on  # noqa: PLC0415
 
-        query = query.ext(distinct_on(key)).order_by(key, land.c.source_row.desc())
+        query = query.ext(distinct_on(key)).order_by(key, land.c.change_seq.desc())
     insert = dialect_insert(conn)(stage).from_select(list(values), query)
     if conn.dialect.name == "postgresql" and conn.execute(sa.select(sa.literal(1)).select_from(stage).limit(1)).first() is None:
         # A first (or full re-)load into an empty table: keys and indexes are built after the

@@ -46,17 +46,34 @@ def _extract_like_columns(source: Source, as_landing: bool) -> list[sa.Column]:
     return cols
 
 
+# The change-capture columns every extract row carries (written by the export adapter, see
+# renkei.keys.adapter): its position in the department's change stream, the export it belongs to,
+# upsert or delete, and when the export ran (the department's clock, as canonical JST text).
+UPSERT, DELETE = "upsert", "delete"
+CHANGE_COLUMNS = ("change_seq", "export_id", "op", "exported_at")
+
+
+def _change_columns() -> list[sa.Column]:
+    return [
+        sa.Column("change_seq", sa.Integer, primary_key=True, autoincrement=False),  # strictly increasing
+        sa.Column("export_id", sa.Integer, nullable=False),
+        sa.Column("op", sa.String(8), nullable=False),  # upsert | delete (a tombstone: the key only)
+        sa.Column("exported_at", TS, nullable=False),
+        sa.Column("source_row", sa.Integer, nullable=False),  # the row's position in its export's read
+    ]
+
+
 def extract_table(source: Source, md: sa.MetaData) -> sa.Table:
-    """The department's outbound extract (written by the export adapter), one full snapshot."""
+    """The department's outbound extract: an append-only change log written by the export
+    adapter, one row per upsert or tombstone, read by ``change_seq`` (never by a data value)."""
     name = f"extract_{source.name}"
     if name in md.tables:
         return md.tables[name]
     return sa.Table(
         name, md,
-        sa.Column("source_row", sa.Integer, primary_key=True),
+        *_change_columns(),
         *_extract_like_columns(source, as_landing=True),
         sa.Column("parse_errors", sa.Text),
-        sa.Index(f"ix_{name}_updated_at", "updated_at"),  # incremental pulls read by watermark
     )
 
 
@@ -67,10 +84,13 @@ def landing_table(source: Source) -> sa.Table:
     table = sa.Table(
         name, metadata,
         sa.Column("run_id", sa.String(250), primary_key=True),
-        sa.Column("source_row", sa.Integer, primary_key=True),
+        *_change_columns(),
         *_extract_like_columns(source, as_landing=True),
         sa.Column("parse_errors", sa.Text),
         sa.Column("quarantine_reason", sa.Text),  # set by validation; NULL = passes
+        # load finds each key's latest change of the batch; PostgreSQL hashes the anti-join, SQLite
+        # would scan the batch once per row without it
+        sa.Index(f"ix_{name}_key", "run_id", source.key, "change_seq").ddl_if(dialect="sqlite"),
     )
     # Landing holds a batch only between extract and load, and the extract can always be re-run:
     # no WAL for it on PostgreSQL (validate checks the batch is whole after a server crash).
@@ -120,11 +140,28 @@ quarantine = sa.Table(
     sa.Column("quarantined_at", TS, nullable=False),
 )
 
+# Ingest's position per source: the last extract change_seq loaded (the adapter's sequence,
+# never a department timestamp, so no data value can move it).
 watermarks = sa.Table(
     "watermarks", metadata,
     sa.Column("source", sa.String(64), primary_key=True),
-    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("change_seq", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(250), nullable=False),
+)
+
+# Staging rows retired by a department tombstone (op = delete): kept with their deletion for
+# the audit trail, out of staging so nothing downstream (mart, audit, services) sees them.
+staging_deleted = sa.Table(
+    "staging_deleted", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("record_key", sa.String(120)),  # the staging key (record_id …); NULL where it is the ERK
+    sa.Column("erk", sa.String(120), index=True),
+    sa.Column("row_hash", sa.String(64), nullable=False),  # the retired row's digest
+    sa.Column("loaded_run_id", sa.String(250), nullable=False),
+    sa.Column("change_seq", sa.Integer, nullable=False),  # the tombstone's
+    sa.Column("deleted_run_id", sa.String(250), nullable=False, index=True),
+    sa.Column("deleted_at", TS, nullable=False),
 )
 
 ingest_runs = sa.Table(
@@ -135,8 +172,9 @@ ingest_runs = sa.Table(
     sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("loaded", sa.Integer, nullable=False, server_default="0"),
     sa.Column("quarantined", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("watermark_from", TS),
-    sa.Column("watermark_to", TS),
+    sa.Column("watermark_from", sa.Integer),  # change_seq positions: read (from, to]
+    sa.Column("watermark_to", sa.Integer),
+    sa.Column("deleted", sa.Integer, nullable=False, server_default="0"),  # staging rows retired by tombstones
     sa.Column("state", sa.String(16), nullable=False),  # extracted | validated | loaded | failed
     sa.Column("updated_at", TS, nullable=False),
 )
@@ -222,6 +260,25 @@ notices = sa.Table(
     sa.Column("facts", sa.Text, nullable=False),  # JSON: the facts the rule used
     sa.Column("created_run_id", sa.String(250), nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    sa.Column("replaces", sa.String(64)),  # the notice this one supersedes (notice_events), if any
+)
+
+# The notice lifecycle after creation (ARCHITECTURE.md, notice lifecycle): append-only
+# transitions of an outbox notice. A notice's state is its latest event's (none: pending):
+# withdrawn (its basis is gone), superseded (the rule asks for another notice, superseded_by),
+# reinstated (the basis came back before it was sent). The relay publishes each event on the
+# notices stream (stream_id, published_at); delivery sends only a notice whose state is pending.
+notice_events = sa.Table(
+    "notice_events", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("notice_id", sa.String(64), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),  # withdrawn | superseded | reinstated
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("superseded_by", sa.String(64)),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("stream_id", sa.String(64)),  # set by the relay once published
+    sa.Column("published_at", TS),
 )
 
 

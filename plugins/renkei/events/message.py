@@ -1,8 +1,8 @@
 """The change event: a wake-up telling Airflow that a source has new rows, never the rows.
 
-A ``ChangeEvent`` carries the source name, the source's change watermark, a row count and its
-own identity — no personal data, no record keys. Ingest reads by its persisted watermark, so a
-lost, duplicated or reordered event costs latency, never data.
+A ``ChangeEvent`` carries the source name, the last change sequence the export adapter wrote, a
+row count and its own identity — no personal data, no record keys. Ingest reads by its persisted
+position in that sequence, so a lost, duplicated or reordered event costs latency, never data.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class ChangeEvent:
     """One change notice of a departmental source."""
 
     source: str
-    watermark: str  # canonical timestamp of the newest change the publisher saw
-    row_count: int  # rows changed since the previous event (informational)
+    change_seq: int  # the last extract change_seq written (the adapter's sequence, never a data value)
+    row_count: int  # extract rows (upserts and tombstones) the export wrote (informational)
     emitted_at: str = field(default_factory=now_timestamp)
     event_id: str = field(default_factory=_new_id)  # uuid4 hex: lets consumers drop duplicates
 
@@ -81,18 +81,18 @@ def _check(doc: dict[str, Any]) -> None:
     if extra:
         # Keeps personal data out by construction: only the known, non-personal keys travel.
         raise ChangeEventError(f"change event: unknown field(s) {extra}: remove them (an event carries no data)")
-    for name in ("source", "watermark", "emitted_at", "event_id"):
+    for name in ("source", "emitted_at", "event_id"):
         if not isinstance(doc[name], str) or not doc[name]:
             raise ChangeEventError(f"change event: field '{name}' must be a non-empty string")
-    for name in ("watermark", "emitted_at"):
-        if not _is_canonical_ts(doc[name]):
-            raise ChangeEventError(
-                f"change event: field '{name}' must be a canonical timestamp 'YYYY-MM-DDTHH:MM:SS+09:00': "
-                "format it with renkei.sources.values.format_timestamp"
-            )
-    rc = doc["row_count"]
-    if not isinstance(rc, int) or isinstance(rc, bool) or rc < 0:
-        raise ChangeEventError("change event: field 'row_count' must be an integer >= 0")
+    if not _is_canonical_ts(doc["emitted_at"]):
+        raise ChangeEventError(
+            "change event: field 'emitted_at' must be a canonical timestamp 'YYYY-MM-DDTHH:MM:SS+09:00': "
+            "format it with renkei.sources.values.format_timestamp"
+        )
+    for name in ("change_seq", "row_count"):
+        value = doc[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ChangeEventError(f"change event: field '{name}' must be an integer >= 0")
     eid = doc["event_id"]
     if len(eid) != 32 or any(c not in "0123456789abcdef" for c in eid):
         raise ChangeEventError("change event: field 'event_id' must be 32 lowercase hex digits (uuid4().hex)")

@@ -6,6 +6,7 @@ run has a new updated_at, so it counts again). The residents affected by the run
 consumed are the ERKs of
 
 - staging rows those runs loaded (``loaded_run_id``): the record's ERK now;
+- staged rows those runs retired by a department tombstone (``staging_deleted``);
 - rows the runs changed without loading them: a rejected update of a known record that the
   source's ``quarantine_fail_safe`` applied to its staged row (an opt-out);
 - ERKs whose number of records in a source no longer matches ``linkage``: a record that moved
@@ -23,7 +24,15 @@ from collections import defaultdict
 import sqlalchemy as sa
 
 from renkei.config import Source
-from renkei.warehouse import ingest_runs, link_consumed, linkage, quarantine, staging_key, staging_table
+from renkei.warehouse import (
+    ingest_runs,
+    link_consumed,
+    linkage,
+    quarantine,
+    staging_deleted,
+    staging_key,
+    staging_table,
+)
 
 Run = tuple[str, str, str]  # (run_id, source, updated_at)
 
@@ -55,6 +64,9 @@ def affected_erks(srcs: dict[str, Source], runs: list[Run]) -> sa.Select | None:
         st = staging_table(src)
         ids = sorted(run_ids)
         parts.append(sa.select(st.c.erk.label("erk")).where(st.c.loaded_run_id.in_(ids)))
+        # records a department deleted (tombstones): their resident, whatever else it holds
+        gone = staging_deleted.c
+        parts.append(sa.select(gone.erk.label("erk")).where(gone.source == name, gone.deleted_run_id.in_(ids)))
         key = staging_key(src)
         if key == "erk":
             continue  # keyed by the ERK: a record cannot move to another resident

@@ -166,13 +166,16 @@ def _raw_text(value: Any) -> str | None:
 
 
 def iter_sql_rows(
-    url: str, table: str, columns: list[str], chunk_rows: int = 50000
+    url: str, table: str, columns: list[str], chunk_rows: int = 50000,
+    since_column: str | None = None, since: str | None = None,
 ) -> Iterator[tuple[int, dict[str, str | None]]]:
     """Stream (row_index, {column: value as str or None}) from a raw SQL table in a stable order.
 
     Order: rowid on SQLite, else the table's primary key when it has one. Table and columns
     are checked before the first row: SourceError names the URL (without credentials), the
-    table, what is missing and the fix. `table` may be "schema.table".
+    table, what is missing and the fix. `table` may be "schema.table". With ``since_column``
+    and ``since`` (canonical timestamp text) only rows whose column is at or after ``since``, or
+    NULL, are read (an indexed range read of the department's change column).
     """
     import sqlalchemy as sa
 
@@ -207,6 +210,12 @@ def iter_sql_rows(
             "add them (SOURCES.md lists each source's columns) or fix the column names"
         )
     query = sa.select(*(source.c[column] for column in columns))
+    if since_column is not None and since is not None:
+        col = source.c[since_column]
+        bound: Any = since
+        if isinstance(col.type, sa.DateTime):
+            bound = datetime.datetime.fromisoformat(since)
+        query = query.where(sa.or_(col >= bound, col.is_(None)))
     if engine.dialect.name == "sqlite":
         query = query.order_by(sa.literal_column("rowid"))
     elif source.primary_key.columns:

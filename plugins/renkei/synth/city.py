@@ -208,7 +208,11 @@ def updated_timestamps(today: np.datetime64, floor: np.ndarray, rng: np.random.G
     span = (today - lower).astype(np.int64) + 1
     when = lower + days(np.floor(rng.random(floor.size) * span).astype(np.int64))
     seconds = rng.integers(8 * 3600 + 1800, 19 * 3600, floor.size)
-    return when.astype(SECOND) + seconds.astype("timedelta64[s]")
+    stamps = when.astype(SECOND) + seconds.astype("timedelta64[s]")
+    # A city generated for today is stamped no later than now (JST wall clock): a department
+    # never records a change in its future, and ingest quarantines stamps past the export time.
+    now = np.datetime64(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) + datetime.timedelta(hours=9), "s")
+    return np.minimum(stamps, now - np.timedelta64(60, "s"))
 
 
 

@@ -56,6 +56,9 @@ def _write_sqlite(table: Table, path: Path, defects: dict[int, Defect]) -> None:
         insert = f'INSERT INTO "{table.source}" VALUES ({placeholders})'
         for _, _, values in _chunks(table, defects):
             connection.executemany(insert, zip(*(values[name] for name in table.columns)))
+        if any(name == "updated_at" for name, _ in schema):
+            # as a department system indexes its change column: the export adapter's incremental read
+            connection.execute(f'CREATE INDEX "ix_{table.source}_updated_at" ON "{table.source}" (updated_at)')
         connection.commit()
     finally:
         connection.close()
