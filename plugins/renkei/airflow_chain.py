@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m renkei.airflow_chain")
     ap.add_argument("--as-of", required=True, type=date.fromisoformat)
     ap.add_argument("--dags", required=True, help="comma-separated dag ids, run in this order")
+    ap.add_argument("--at", default="06:00", type=dtime.fromisoformat,
+                    help="the runs' logical time of day (Asia/Tokyo): later chains of one day get their own run ids")
     args = ap.parse_args(argv)
 
     from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415 - after env is set
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, err in bag.import_errors.items():
             _say(event="import_error", path=str(path), error=str(err).splitlines()[-1][:500])
         return 2
-    logical = datetime.combine(args.as_of, dtime(6, 0), tzinfo=TOKYO)
+    logical = datetime.combine(args.as_of, args.at, tzinfo=TOKYO)
     for dag_id in args.dags.split(","):
         dag = bag.get_dag(dag_id)
         if dag is None:

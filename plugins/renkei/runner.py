@@ -117,7 +117,7 @@ def run_chain(
     say(f"airflow  metadata DB ready ({stages['airflow_db_migrate']:.1f}s); log: {log_path}")
 
     dag_ids = [f"ingest_{s.name}" for s in sources] + list(CHAIN_TAIL)
-    runs = _run_dags(env, as_of, dag_ids, log_path, say)
+    runs = run_dags(env, as_of, dag_ids, log_path, say)
     stages["dag_runs"] = round(sum(r.get("seconds", 0) for r in runs), 2)
     failed = [r for r in runs if r.get("state") != "success" and r.get("event") == "end"]
     if failed or len(runs) != len(dag_ids):
@@ -133,10 +133,13 @@ def run_chain(
     return report
 
 
-def _run_dags(env: dict, as_of: date, dag_ids: list[str], log_path: Path, say) -> list[dict]:
+def run_dags(env: dict, as_of: date, dag_ids: list[str], log_path: Path, say, at: str = "06:00") -> list[dict]:
+    """Run ``dag_ids`` in order as real Airflow DAG runs for ``as_of`` at logical time ``at``
+    (Asia/Tokyo); returns one dict per run {"dag_id", "run_id", "state", "seconds", "event"}."""
     from renkei.airflow_chain import PROGRESS_PREFIX  # noqa: PLC0415
 
-    cmd = [sys.executable, "-m", "renkei.airflow_chain", "--as-of", as_of.isoformat(), "--dags", ",".join(dag_ids)]
+    cmd = [sys.executable, "-m", "renkei.airflow_chain", "--as-of", as_of.isoformat(), "--dags", ",".join(dag_ids),
+           "--at", at]
     runs: list[dict] = []
     with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)

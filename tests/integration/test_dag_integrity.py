@@ -56,12 +56,13 @@ def test_no_import_errors(parsed):
 def test_one_ingest_dag_per_configured_source_plus_chain(parsed):
     from renkei.config import ingest_sources
 
-    expected = {f"ingest_{s.name}" for s in ingest_sources()} | {"link_residents", "proactive_services", "relay_notices", "deliver_notices",
-                                                                 "renkei_rotate_link_key"}
+    expected = ({f"ingest_{s.name}" for s in ingest_sources()} | {f"reconcile_{s.name}" for s in ingest_sources()}
+                | {"link_residents", "proactive_services", "relay_notices", "deliver_notices", "renkei_rotate_link_key"})
     assert set(parsed["dags"]) == expected
     assert parsed["dags"]["renkei_rotate_link_key"]["tasks"] == ["start", "reseal", "finish"]
     for s in ingest_sources():
         assert parsed["dags"][f"ingest_{s.name}"]["tasks"] == ["extract", "validate", "load"]
+        assert parsed["dags"][f"reconcile_{s.name}"]["tasks"] == ["reconcile_export"]
 
 
 def test_dags_state_schedule_basics(parsed):

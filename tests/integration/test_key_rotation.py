@@ -215,10 +215,10 @@ def _receipts(city, delivery_db: str) -> set[tuple]:
 
 
 def _run_rotation_dag(city) -> list[dict]:
-    from renkei.runner import _run_dags, airflow_env
+    from renkei.runner import airflow_env, run_dags
 
     env = airflow_env(city["work"], city["url"], f"sqlite:///{city['work'] / 'extracts.db'}", city["keyring"])
-    return _run_dags(env, AS_OF, ["renkei_rotate_link_key"], city["work"] / "logs" / "airflow.log", lambda m: None)
+    return run_dags(env, AS_OF, ["renkei_rotate_link_key"], city["work"] / "logs" / "airflow.log", lambda m: None)
 
 
 def test_link_rotation_keeps_notice_identity_and_history(city, smtp, capsys):
