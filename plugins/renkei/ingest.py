@@ -427,6 +427,8 @@ def _retire(conn: sa.Connection, source: Source, land: sa.Table, stage: sa.Table
             run_id: str, now: str) -> int:
     """Move the staged rows the batch's tombstones name into ``staging_deleted`` (with the
     tombstone's change_seq and the deletion time); returns how many were retired."""
+    if conn.execute(sa.select(land.c.change_seq).where(land.c.run_id == run_id, land.c.op == DELETE).limit(1)).first() is None:
+        return 0  # (cheap) most batches carry no tombstone: skip the per-key anti-join below
     key = staging_key(source)
     if key == "erk":  # keyed by resident: the tombstone's pseudonym, converted like any other
         tomb = (sa.select(erks.c.erk.label("k"), land.c.change_seq.label("seq"))
@@ -513,7 +515,9 @@ def _reject_unopened(conn: sa.Connection, land: sa.Table, this_run, erks: sa.Tab
         for reason in (UNOPENED_RETIRED, UNOPENED):
             bad = col.in_(sa.select(erks.c.token).where(erks.c.reason == reason)) if reason in found else None
             if column == "dept_pseudonym" and reason == UNOPENED:
-                bad = col.is_(None) if bad is None else sa.or_(bad, col.is_(None))
+                # a missing pseudonym on an upsert; a tombstone of a record-keyed source has none
+                missing = sa.and_(col.is_(None), land.c.op == UPSERT)
+                bad = missing if bad is None else sa.or_(bad, missing)
             if bad is None:
                 continue
             n = conn.execute(

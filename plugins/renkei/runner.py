@@ -175,7 +175,7 @@ def build_report(warehouse_url: str, as_of: date, runs: list[dict], raw_paths: d
         for row in conn.execute(sa.select(ingest_runs).where(ingest_runs.c.run_id.in_(list(run_ids)))).mappings():
             per_source[row["source"]] = {
                 "read": row["read"], "loaded": row["loaded"], "quarantined": row["quarantined"],
-                "watermark": row["watermark_to"],
+                "deleted": row["deleted"], "watermark": row["watermark_to"],
             }
         residents = conn.execute(sa.select(sa.func.count()).select_from(mart_residents)).scalar_one()
         linked = conn.execute(
