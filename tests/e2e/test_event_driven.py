@@ -36,11 +36,24 @@ def _wait(stack, what, check):
         pytest.fail(str(exc))
 
 
-def test_change_events_drive_the_chain_to_the_stream(stack):
-    from renkei.config import ingest_sources
+def _announce_first_exports(stack) -> None:
+    """Announce every source's first export (DevStack.launch wrote them): `renkei emit`."""
+    import sqlalchemy as sa
 
-    for src in ingest_sources():
-        stack.export_and_publish(src.name)
+    from renkei.config import ingest_sources
+    from renkei.events import ChangeEvent, publish
+    from renkei.events.channel import load_channel
+
+    eng = sa.create_engine(stack.extracts)
+    with eng.connect() as conn:
+        for src in ingest_sources():
+            last, n = conn.execute(sa.text(f"SELECT max(change_seq), count(*) FROM extract_{src.name}")).one()
+            publish(ChangeEvent(source=src.name, change_seq=last, row_count=n), load_channel(stack.cfg_dir))
+    eng.dispose()
+
+
+def test_change_events_drive_the_chain_to_the_stream(stack):
+    _announce_first_exports(stack)
     code = stack.add_birth()
     stack.export_and_publish("registry")
     _wait(stack, "notices for the newborn", lambda: len(stack.notices_for(code)) >= 3)

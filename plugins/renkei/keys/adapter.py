@@ -161,9 +161,11 @@ def state_tables(source: Source, md: sa.MetaData) -> tuple[sa.Table, sa.Table]:
 
 
 def row_digest_of(source: Source, row: dict) -> str:
-    """SHA-256 of an extract row's content (every extract column and parse_errors; not its
-    position). Pseudonyms are deterministic, so an unchanged raw row digests alike each time."""
-    return hashlib.sha256(record_text([row.get(c) for c in (*source.extract_columns, "parse_errors")]).encode()).hexdigest()
+    """SHA-256 of an extract row's content (every extract column and parse_errors, by column
+    name, so the order of the configured columns does not matter; not its position).
+    Pseudonyms are deterministic, so an unchanged raw row digests alike each time."""
+    names = sorted((*source.extract_columns, "parse_errors"))
+    return hashlib.sha256(record_text([x for c in names for x in (c, row.get(c))]).encode()).hexdigest()
 
 
 def _check_extract_schema(conn: sa.Connection, table: sa.Table) -> None:
