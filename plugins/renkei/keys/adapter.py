@@ -319,7 +319,10 @@ def pseudonymize(
         round(time.perf_counter() - started, 3))
 
 
-def _iter_raw(source: Source, location: str, since_column: str | None, since: str | None) -> Iterator[tuple[int, dict | None]]:
+def _iter_raw(source: Source, location: str, since_column: str | None = None,
+              since: str | None = None) -> Iterator[tuple[int, dict | None]]:
+    """(position, raw row or None) of a CSV file or SQL table; a SQL table from ``since`` on
+    ``since_column`` when both are given."""
     if "://" not in location:
         yield from _iter_csv(source, location)
     else:
