@@ -176,6 +176,60 @@ class City:
     def current(self, *services: str) -> set[tuple]:
         return {k for k, state in self.notices().items() if state == "pending" and k[1] in services}
 
+    def deliver(self) -> list[tuple[str, str]]:
+        """Deliver the outbox at D 10:00 JST to a real SMTP server; (recipient, event id) sent."""
+        import dataclasses
+        import email
+        import socket
+        from datetime import datetime
+        from email import policy
+
+        from aiosmtpd.controller import Controller
+
+        from renkei.delivery.config import load_delivery_config
+        from renkei.delivery.deliver import deliver
+        from renkei.delivery.settings import DeliverySettings
+        from renkei.runctx import TOKYO
+
+        class Inbox:
+            sent: list[tuple[str, str]] = []
+
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook
+                msg = email.message_from_bytes(envelope.content, policy=policy.default)
+                for rcpt in envelope.rcpt_tos:
+                    self.sent.append((rcpt, str(msg["X-Renkei-Notice"])))
+                return "250 OK"
+
+        inbox = Inbox()
+        inbox.sent = []
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ctl = Controller(inbox, hostname="127.0.0.1", port=port)
+        ctl.start()
+        try:
+            cfg = load_delivery_config(env={"RENKEI_SMTP_HOST": "127.0.0.1", "RENKEI_SMTP_PORT": str(port)})
+            cfg = dataclasses.replace(cfg, rate_per_second=1000.0)
+            settings = DeliverySettings(self.warehouse, f"sqlite:///{self.base / 'delivery.db'}", self.dept.raw,
+                                        self.ring_path)
+            deliver(settings, datetime(2025, 6, 1, 10, 0, tzinfo=TOKYO), config=cfg, ring=self.ring)
+        finally:
+            ctl.stop()
+        subjects = dict(self.sql("SELECT notice_id, subject FROM notices"))
+        return sorted((rcpt, subjects[nid]) for rcpt, nid in inbox.sent)
+
+    def receipts(self) -> dict[tuple[str, str, int], str]:
+        """(resident, subject, dose) -> the latest receipt (status or status/reason)."""
+        eng = sa.create_engine(f"sqlite:///{self.base / 'delivery.db'}")
+        with eng.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT notice_id, status, reason FROM delivery_receipts r WHERE attempt = "
+                "(SELECT max(attempt) FROM delivery_receipts l WHERE l.notice_id = r.notice_id)")).all()
+        eng.dispose()
+        about = {nid: (self.who[erk], subject, dose)
+                 for nid, erk, subject, dose in self.sql("SELECT notice_id, erk, subject, dose_number FROM notices")}
+        return {about[nid]: status if reason is None else f"{status}/{reason}" for nid, status, reason in rows}
+
     def states_of(self, name: str) -> set[str]:
         return {state for k, state in self.notices().items() if k[0] == name}
 
@@ -204,6 +258,10 @@ def _first_state(city: City) -> None:
                                     "checkup_code": "M4", "examined_on": "2025-05-20", "updated_at": OLD}])
     dept.drop_csv("nhi", [{"resident_code": code("V"), **_person("V"), "qualified_on": "2020-04-01",
                            "disqualified_on": None, "last_checkup_on": None, "updated_at": OLD}])
+    # the registry's contact points, read only by delivery (never ingested)
+    dept.drop_csv("registry_contact", [
+        {"resident_code": code(n), "channel": "email", "address": f"{n.lower()}@example.com", "verified_at": OLD,
+         "updated_at": OLD} for n in ("V", "X", "Z")])
 
 
 # Immunization notices, hand-computed for D = 2025-06-01 (see test_notices_hand_computed.py):
@@ -296,6 +354,16 @@ def test_changes_reach_the_notices_exactly(city: City):
     assert city.sql("SELECT count(*) FROM staging_deleted WHERE source = 'registry' AND erk = :b",
                     b=city.ring.seal("link", code("B"))) == [(1,)]
 
+    # delivery (real SMTP) sends what is still current: V's two event notices; X's and Z's
+    # withdrawn notices are suppressed
+    assert city.deliver() == [("v@example.com", "E1"), ("v@example.com", "E2")]
+    got = city.receipts()
+    assert {k: v for k, v in got.items() if k[1] in ("E1", "E2")} == {
+        ("V", "E1", 1): "sent", ("V", "E2", 1): "sent", ("X", "E1", 1): "suppressed/withdrawn",
+        ("Z", "E1", 1): "suppressed/withdrawn"}
+    closed = {(k[0], k[2], k[3]) for k, state in city.notices().items() if state != "pending"}
+    assert closed and {k: got[k] for k in closed} == dict.fromkeys(closed, "suppressed/withdrawn")
+
     # -- step 2 -------------------------------------------------------------------------
     later = "2025-06-01T11:30:00+09:00"
     j2 = _person("J2")
@@ -320,6 +388,11 @@ def test_changes_reach_the_notices_exactly(city: City):
     assert city.sql("SELECT count(*) FROM staging_nhi") == [(0,)]
     j_checkups = city.sql("SELECT checkups FROM mart_residents WHERE erk = :j", j=city.ring.seal("link", code("J")))
     assert j_checkups == [(None,)], "a deleted check-up leaves the linked data"
+
+    # V's E1 was sent before the event was cancelled: its withdrawal is recorded, nothing is
+    # sent again
+    assert city.deliver() == []
+    assert city.receipts()[("V", "E1", 1)] == "sent"
 
     # -- step 3: a reconcile that finds nothing writes nothing ---------------------------
     before = city.notices()
