@@ -27,12 +27,13 @@ from aiosmtpd.controller import Controller
 from renkei.cli import main
 from renkei.config import load_sources
 from renkei.delivery import receipts
+from renkei.delivery.channels import SmtpEmail
 from renkei.delivery.config import load_delivery_config
 from renkei.delivery.deliver import deliver
 from renkei.delivery.settings import DeliverySettings
 from renkei.keys.ring import KeyRing
 from renkei.sources.values import JST
-from renkei.warehouse import engine, ensure_schema, notices, staging_table
+from renkei.warehouse import engine, ensure_schema, notice_events, notices, staging_table
 
 CODES = {"G": "10000000001", "P": "10000000002", "Q": "10000000003", "C": "10000000004",
          "A": "10000000005", "S": "10000000006", "T": "10000000007", "L": "10000000008"}
@@ -300,6 +301,83 @@ def test_on_postgresql_a_notice_is_sent_once(tmp_path, smtp, pg_factory):
     eng.dispose()
 
 
+def _transition(world, notice_id: str, state: str, reason: str, superseded_by: str | None = None) -> None:
+    """Append a lifecycle event to the warehouse, as a services run does."""
+    eng = engine(world["settings"].warehouse_url)
+    with eng.begin() as conn:
+        conn.execute(notice_events.insert().values(
+            notice_id=notice_id, state=state, reason=reason, superseded_by=superseded_by,
+            run_id="proactive_services/test", at="2025-06-02T09:00:00+09:00"))
+    eng.dispose()
+
+
+def test_withdrawn_and_superseded_notices_are_suppressed_and_a_reinstated_one_is_sent_once(world, smtp):
+    _, inbox = smtp
+    _transition(world, "child_hepb", "withdrawn", "dose_recorded")
+    _transition(world, "child_m4", "superseded", "rule_asks_other", "child_m4_last_chance")
+    first = _run(world, MORNING).counts()
+    assert (first["suppressed:withdrawn"], first["sent"]) == (2, 1)
+    rec = _receipts(world)
+    assert rec["child_hepb"] == rec["child_m4"] == [("suppressed", "withdrawn", None)]
+    assert sorted(inbox.by_recipient()) == ["t@example.com"]
+    assert _run(world, MORNING.replace(hour=11)).counts()["considered"] == 0  # final while withdrawn
+
+    _transition(world, "child_hepb", "reinstated", "basis_restored")
+    again = _run(world, MORNING.replace(hour=12)).counts()
+    assert (again["considered"], again["sent"]) == (1, 1)
+    assert _receipts(world)["child_hepb"] == [("suppressed", "withdrawn", None), ("sent", None, "email")]
+    [hepb] = inbox.by_recipient()["p@example.com"]
+    assert hepb["X-Renkei-Notice"] == "child_hepb"
+
+    # Withdrawn after it was sent, then reinstated: nothing sent is ever sent again.
+    _transition(world, "child_hepb", "withdrawn", "status_moved_out")
+    assert _run(world, MORNING.replace(hour=13)).counts()["considered"] == 0
+    _transition(world, "child_hepb", "reinstated", "basis_restored")
+    assert _run(world, MORNING.replace(hour=14)).counts()["considered"] == 0
+    assert len(inbox.messages) == 2
+    assert _receipts(world)["child_hepb"] == [("suppressed", "withdrawn", None), ("sent", None, "email")]
+
+
+class WithdrawsWhileSending:
+    """The real SMTP channel; while it sends its first message, a services run withdraws
+    another notice (committed after delivery read the outbox)."""
+
+    name = "email"
+
+    def __init__(self, world, victim: str) -> None:
+        self.inner, self.world, self.victim, self.sent = SmtpEmail(world["config"].smtp), world, victim, []
+
+    def send(self, message) -> None:
+        if not self.sent:
+            _transition(self.world, self.victim, "withdrawn", "opted_out")
+        self.inner.send(message)
+        self.sent.append(message.notice_id)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _recheck(world, inbox) -> None:
+    # Sendable in created order, then by id: child_hepb, child_m4, event_ok.
+    channel = WithdrawsWhileSending(world, "child_m4")
+    counts = _run(world, MORNING, channels={"email": channel}).counts()
+    assert channel.sent == ["child_hepb", "event_ok"]
+    assert (counts["sent"], counts["suppressed:withdrawn"]) == (2, 1)
+    assert _receipts(world)["child_m4"] == [("suppressed", "withdrawn", "email")]
+    assert [m["X-Renkei-Notice"] for _, m in inbox.messages] == ["child_hepb", "event_ok"]
+    assert _run(world, MORNING.replace(hour=11)).counts()["considered"] == 0
+
+
+def test_a_withdrawal_committed_after_the_read_stops_the_send(world, smtp):
+    _recheck(world, smtp[1])
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_withdrawal_committed_after_the_read_stops_the_send(tmp_path, smtp, pg_factory):
+    server, inbox = smtp
+    _recheck(_build_world(tmp_path, server.port, pg_factory(), pg_factory()), inbox)
+
+
 def test_dry_run_cli_writes_jsonl_and_sends_nothing(world, smtp, monkeypatch, capsys):
     _, inbox = smtp
     work = world["work"]
@@ -356,3 +434,24 @@ def test_explain_prints_rule_window_facts_without_identity(world, capsys, monkey
     assert '"birth_date": "2025-01-10"' in out and "sent" in out
     assert world["ring"].seal("link", CODES["C"]) not in out and CODES["C"] not in out and "@" not in out
     assert main(["explain", "nope", "--work", str(work)]) == 2
+
+
+def test_explain_shows_the_lifecycle_and_what_a_notice_replaces(world, capsys, monkeypatch):
+    monkeypatch.delenv("RENKEI_DELIVERY_URL", raising=False)
+    work = world["work"]
+    (work / "run_report.json").write_text(json.dumps({"warehouse_url": world["settings"].warehouse_url}), encoding="utf-8")
+    eng = engine(world["settings"].warehouse_url)
+    with eng.begin() as conn:
+        conn.execute(notices.update().where(notices.c.notice_id == "child_m4").values(replaces="child_m4_before"))
+    eng.dispose()
+    _transition(world, "child_hepb", "superseded", "rule_asks_other", "child_hepb_3")
+    _transition(world, "child_hepb", "reinstated", "basis_restored")
+
+    assert main(["explain", "child_hepb", "--work", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "state      reinstated\n" in out and "replaces" not in out
+    assert ("  #1 2025-06-02T09:00:00+09:00 superseded (rule_asks_other) by child_hepb_3, run proactive_services/test\n"
+            "  #2 2025-06-02T09:00:00+09:00 reinstated (basis_restored), run proactive_services/test\n") in out
+    assert main(["explain", "child_m4", "--work", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "replaces   child_m4_before\nstate      pending\nfacts used\n" in out

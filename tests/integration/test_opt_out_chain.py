@@ -1,6 +1,6 @@
 """Opt-out through the whole chain: a resident who opts out gets no new event notice, and the
-event notice already generated but not yet delivered is suppressed — checked on a real SMTP
-server, with the chain run as real Airflow DAG runs on two consecutive days.
+event notice already generated but not yet delivered is withdrawn (opted_out) and suppressed —
+checked on a real SMTP server, with the chain run as real Airflow DAG runs on two consecutive days.
 """
 
 from __future__ import annotations
@@ -116,4 +116,11 @@ def test_opt_out_stops_new_event_notices_and_suppresses_undelivered_ones(tmp_pat
         reasons = {r[0] for r in conn.execute(sa.text(
             "SELECT reason FROM delivery_receipts WHERE status = 'suppressed'"))}
     eng.dispose()
-    assert reasons == {"opted_out"}
+    assert reasons == {"withdrawn"}  # the services run withdrew it before delivery ran
+    eng = sa.create_engine(f"sqlite:///{work / 'warehouse.db'}")
+    with eng.connect() as conn:
+        withdrawn = conn.execute(sa.text(
+            "SELECT n.erk, n.subject, e.state, e.reason FROM notice_events e JOIN notices n "
+            "ON n.notice_id = e.notice_id")).all()
+    eng.dispose()
+    assert [tuple(r) for r in withdrawn] == [(out, "E1", "withdrawn", "opted_out")]

@@ -19,11 +19,11 @@ from renkei.cli import main
 from renkei.config import load_sources
 from renkei.events import ChangeEvent
 from renkei.keys.adapter import pseudonymize
-from renkei.outputs import Notice, NoticeReader
+from renkei.outputs import Notice, NoticeReader, NoticeState
 from renkei.outputs.relay import relay_notices
 from renkei.outputs.stream import NoticeStreamConfig
 from renkei.settings import Settings
-from renkei.warehouse import engine, ensure_schema, notices, outbox_published
+from renkei.warehouse import engine, ensure_schema, notice_events, notices, outbox_published
 
 pytestmark = pytest.mark.redis
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -127,7 +127,7 @@ def test_each_notice_is_published_exactly_once_across_runs(warehouse, cfg, clien
     outbox_before = _table(warehouse, notices)
 
     first = relay_notices(warehouse, cfg, batch=2)  # three batches
-    assert first == {"stream": cfg.stream, "published": 5, "pending": 0, "errors": 0}
+    assert first == {"stream": cfg.stream, "published": 5, "pending": 0, "state_events_published": 0, "errors": 0}
     assert _stream_ids(client, cfg.stream) == earlier + later  # created order
 
     assert relay_notices(warehouse, cfg)["published"] == 0
@@ -172,7 +172,8 @@ def test_outage_publishes_and_records_nothing_then_catches_up_without_duplicates
     assert _table(warehouse, outbox_published) == []
     assert client.exists(cfg.stream) == 0
 
-    assert relay_notices(warehouse, cfg, batch=2) == {"stream": cfg.stream, "published": 3, "pending": 0, "errors": 0}
+    assert relay_notices(warehouse, cfg, batch=2) == {
+        "stream": cfg.stream, "published": 3, "pending": 0, "state_events_published": 0, "errors": 0}
     assert relay_notices(warehouse, cfg)["published"] == 0
     assert _stream_ids(client, cfg.stream) == ids
 
@@ -181,6 +182,60 @@ def test_changelog_kind_has_no_broker_and_records_nothing(warehouse):
     _add_notices(warehouse, 2)
     assert relay_notices(warehouse, NoticeStreamConfig(kind="changelog_table")) == {"skipped": "no broker configured"}
     assert _table(warehouse, outbox_published) == []
+
+
+def _add_transition(url: str, notice_id: str, state: str, reason: str, superseded_by: str | None = None) -> None:
+    """A lifecycle event as a services run appends it."""
+    eng = engine(url)
+    with eng.begin() as conn:
+        conn.execute(notice_events.insert().values(
+            notice_id=notice_id, state=state, reason=reason, superseded_by=superseded_by,
+            run_id="proactive_services/scheduled__2025-05-02", at="2025-05-02T06:00:04+09:00"))
+    eng.dispose()
+
+
+def test_state_messages_follow_their_notice_once(warehouse, cfg, client):
+    old, new = _add_notices(warehouse, 2)
+    eng = engine(warehouse)
+    with eng.begin() as conn:
+        conn.execute(notices.update().where(notices.c.notice_id == new).values(replaces=old))
+    eng.dispose()
+    _add_transition(warehouse, old, "superseded", "rule_asks_other", new)
+
+    assert relay_notices(warehouse, cfg) == {
+        "stream": cfg.stream, "published": 2, "pending": 0, "state_events_published": 1, "errors": 0}
+    entries = client.xrange(cfg.stream)
+    docs = [json.loads(fields[b"data"]) for _, fields in entries]
+    assert [d["notice_id"] for d in docs] == [old, new, old]
+    assert "replaces" not in docs[0] and docs[1]["replaces"] == old and set(docs[1]) == NOTICE_KEYS | {"replaces"}
+    assert docs[2] == {"type": "notice_state", "seq": 1, "notice_id": old, "state": "superseded",
+                       "reason": "rule_asks_other", "superseded_by": new, "at": "2025-05-02T06:00:04+09:00",
+                       "run_id": "proactive_services/scheduled__2025-05-02"}
+    [(seq, stream_id, published_at)] = [(r[0], r[7], r[8]) for r in _table(warehouse, notice_events)]
+    assert stream_id == entries[2][0].decode() and published_at is not None
+
+    # Each once: a second run publishes nothing; a later transition goes out alone.
+    assert relay_notices(warehouse, cfg)["state_events_published"] == 0
+    _add_transition(warehouse, old, "reinstated", "basis_restored")
+    assert relay_notices(warehouse, cfg)["state_events_published"] == 1
+    assert [json.loads(f[b"data"]).get("state") for _, f in client.xrange(cfg.stream)] == [
+        None, None, "superseded", "reinstated"]
+
+
+def test_a_state_message_waits_for_its_notice_through_an_outage(warehouse, cfg, client):
+    [nid] = _add_notices(warehouse, 1)
+    _add_transition(warehouse, nid, "withdrawn", "opted_out")
+    down = relay_notices(warehouse, NoticeStreamConfig(redis_url=CLOSED_URL, stream=cfg.stream))
+    assert (down["published"], down["state_events_published"], down["errors"]) == (0, 0, 1)
+    assert [r[7] for r in _table(warehouse, notice_events)] == [None]
+    # A transition of a notice the outbox does not hold (never published) is never published.
+    _add_transition(warehouse, "f" * 32, "withdrawn", "opted_out")
+
+    up = relay_notices(warehouse, cfg)
+    assert (up["published"], up["state_events_published"], up["errors"]) == (1, 1, 0)
+    docs = [json.loads(fields[b"data"]) for _, fields in client.xrange(cfg.stream)]
+    assert [(d["notice_id"], d.get("type")) for d in docs] == [(nid, None), (nid, "notice_state")]
+    assert [r[7] is None for r in _table(warehouse, notice_events)] == [False, True]
 
 
 # -- the reader ----------------------------------------------------------------------------------
@@ -210,6 +265,23 @@ def test_reader_reads_acks_and_rereads_its_pending_after_a_crash(warehouse, cfg,
         relay_notices(warehouse, cfg)
         assert [n.notice_id for n in again.read(count=10, block_ms=100)] == newer
     assert client.xpending(cfg.stream, "delivery")["pending"] == 1  # the newest, not acknowledged
+
+
+def test_reader_yields_state_messages_as_notice_states(warehouse, cfg, client):
+    old, new = _add_notices(warehouse, 2)
+    _add_transition(warehouse, old, "superseded", "rule_asks_other", new)
+    _add_transition(warehouse, old, "reinstated", "basis_restored")
+    relay_notices(warehouse, cfg)
+    with NoticeReader(REDIS_URL, cfg.stream, "delivery", "worker-1") as reader:
+        got = reader.read(count=10)
+        assert [type(m) for m in got] == [Notice, Notice, NoticeState, NoticeState]
+        first, second = got[2], got[3]
+        assert (first.notice_id, first.state, first.reason, first.superseded_by) == (
+            old, "superseded", "rule_asks_other", new)
+        assert (second.seq, second.state, second.superseded_by) == (2, "reinstated", None) and first.seq == 1
+        assert second.message_id == client.xrange(cfg.stream)[3][0].decode()
+        assert reader.ack(got) == 4
+    assert client.xpending(cfg.stream, "delivery")["pending"] == 0
 
 
 def test_reader_drops_a_malformed_entry_and_reads_on(warehouse, cfg, client, caplog):
@@ -267,7 +339,8 @@ def test_emit_names_a_missing_extract_and_an_unknown_source(config_dir, tmp_path
 def test_notices_tail_prints_json_lines_and_acks(config_dir, warehouse, cfg, client, capsys):
     ids = _add_notices(warehouse, 3)
     assert main(["notices", "relay", "--warehouse", warehouse]) == 0
-    assert json.loads(capsys.readouterr().out) == {"stream": cfg.stream, "published": 3, "pending": 0, "errors": 0}
+    assert json.loads(capsys.readouterr().out) == {
+        "stream": cfg.stream, "published": 3, "pending": 0, "state_events_published": 0, "errors": 0}
 
     # A new group starts at the stream's end unless told to read from the start.
     assert main(["notices", "tail", "--group", "ops"]) == 0
@@ -280,6 +353,17 @@ def test_notices_tail_prints_json_lines_and_acks(config_dir, warehouse, cfg, cli
     assert main(["notices", "tail", "--group", "ops"]) == 0  # printed ones were acked: only the third
     assert [json.loads(line)["notice_id"] for line in capsys.readouterr().out.splitlines()] == ids[2:]
     assert client.xpending(cfg.stream, "ops")["pending"] == 0
+
+
+def test_notices_tail_prints_state_messages(config_dir, warehouse, cfg, capsys):
+    [nid] = _add_notices(warehouse, 1)
+    _add_transition(warehouse, nid, "withdrawn", "dose_recorded")
+    assert main(["notices", "relay", "--warehouse", warehouse]) == 0
+    capsys.readouterr()
+    assert main(["notices", "tail", "--group", "ops", "--from-start"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["notice_id"], d.get("type"), d.get("state")) for d in lines] == [
+        (nid, None, None), (nid, "notice_state", "withdrawn")]
 
 
 def test_notices_relay_reports_an_outage_with_exit_code_1(config_dir, warehouse, monkeypatch, capsys):

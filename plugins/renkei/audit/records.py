@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from renkei.audit.trail import append
 from renkei.keys.ring import KeyRing
+from renkei.outputs.lifecycle import run_transitions
 from renkei.warehouse import engine, notices
 
 
@@ -35,10 +36,22 @@ def new_notice_ids(warehouse_url: str, run_id: str) -> list[str]:
         eng.dispose()
 
 
+def transitions_of(warehouse_url: str, run_id: str) -> list[dict]:
+    """The lifecycle transitions this run appended: notice_id, state, reason, superseded_by."""
+    eng = engine(warehouse_url)
+    try:
+        with eng.connect() as conn:
+            return run_transitions(conn, run_id)
+    finally:
+        eng.dispose()
+
+
 def record_notices_published(warehouse_url: str, run_id: str, as_of: date, counts: dict,
                              ring: KeyRing | None = None) -> int:
-    """A ``notice_published`` entry: the services run's counts and the ids of its new notices."""
+    """A ``notice_published`` entry: the services run's counts, the ids of its new notices and
+    the lifecycle transitions it decided (ids and reasons: withdrawn, superseded, reinstated)."""
     ring = ring or KeyRing.load()
     payload = {"run_id": run_id, "as_of": as_of.isoformat(), "counts": counts,
-               "notice_ids": new_notice_ids(warehouse_url, run_id), "key_versions": key_versions(ring)}
+               "notice_ids": new_notice_ids(warehouse_url, run_id),
+               "transitions": transitions_of(warehouse_url, run_id), "key_versions": key_versions(ring)}
     return append(warehouse_url, "notice_published", payload, ring=ring)

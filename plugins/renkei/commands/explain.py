@@ -1,4 +1,5 @@
-"""`renkei explain NOTICE_ID --work DIR [--warehouse URL]`: why a notice exists, without identity."""
+"""`renkei explain NOTICE_ID --work DIR [--warehouse URL]`: why a notice exists and what became of
+it (its lifecycle and delivery receipts), without identity."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from renkei.errors import RenkeiError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("explain", help="show the rule, window and facts behind one notice")
+    p = subparsers.add_parser("explain", help="show the rule, window, facts and lifecycle of one notice")
     p.add_argument("notice_id")
     p.add_argument("--work", required=True, help="a `renkei run` work dir (its run_report.json)")
     p.add_argument("--warehouse", help="warehouse SQLAlchemy URL (default: the run report's)")
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from renkei.delivery import receipts
     from renkei.delivery.payload import facts_of
     from renkei.delivery.settings import warehouse_url_of
+    from renkei.outputs import lifecycle
     from renkei.warehouse import engine, notices
 
     work = Path(args.work)
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with eng.connect() as conn:
             row = conn.execute(sa.select(notices).where(notices.c.notice_id == args.notice_id)).mappings().first()
+            events = lifecycle.history(conn, args.notice_id) if row is not None else []
     finally:
         eng.dispose()
     if row is None:
@@ -49,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"subject    {subject}")
     print(f"window     {n['window_start']} … {n['window_end']}")
     print(f"evaluated  {n['evaluated_on']} (run {n['created_run_id']}, created {n['created_at']})")
+    if n["replaces"]:
+        print(f"replaces   {n['replaces']}")
+    print(f"state      {events[-1]['state'] if events else lifecycle.PENDING}")
+    for e in events:
+        by = f" by {e['superseded_by']}" if e["superseded_by"] else ""
+        print(f"  #{e['seq']} {e['at']} {e['state']} ({e['reason']}){by}, run {e['run_id']}")
     print("facts used")
     for line in json.dumps(facts_of(n), indent=2, ensure_ascii=False, sort_keys=True).splitlines():
         print(f"  {line}")

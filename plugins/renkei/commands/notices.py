@@ -2,6 +2,9 @@
 
     renkei notices tail [--group G] [--consumer C] [--count N] [--follow] [--from-start]
     renkei notices relay [--warehouse URL]
+
+`tail` prints one JSON line per message: a notice, or a state message of a notice
+(``"type": "notice_state"``: withdrawn, superseded or reinstated; docs/EVENTS.md).
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nt = subparsers.add_parser("notices", help="the notices stream: tail it, or relay the outbox to it")
     sub = nt.add_subparsers(dest="notices_command", required=True)
 
-    tl = sub.add_parser("tail", help="print notices from the stream, one JSON line each (acked after print)")
+    tl = sub.add_parser("tail", help="print notices and their state messages from the stream, one JSON line "
+                                     "each (acked after print)")
     tl.add_argument("--group", default=TAIL_GROUP, help=f"consumer group (default {TAIL_GROUP})")
     tl.add_argument("--consumer", default="cli", help="consumer name in the group (default cli)")
-    tl.add_argument("--count", type=_positive, help="stop after N notices (default: all there are)")
+    tl.add_argument("--count", type=_positive, help="stop after N messages (default: all there are)")
     tl.add_argument("--follow", action="store_true", help="keep waiting for new notices (Ctrl-C stops)")
     tl.add_argument("--from-start", action="store_true",
                     help="read the whole stream again in this group (default: a new group sees only new notices)")
     tl.set_defaults(func=_tail)
 
-    rl = sub.add_parser("relay", help="publish outbox notices not yet on the stream (once), print counts")
+    rl = sub.add_parser("relay", help="publish outbox notices and state changes not yet on the stream (once), "
+                                      "print counts")
     rl.add_argument("--warehouse", help="warehouse SQLAlchemy URL (default: $RENKEI_WAREHOUSE_URL)")
     rl.set_defaults(func=_relay)
 
@@ -74,9 +79,9 @@ def _print_notices(reader: "NoticeReader", args: argparse.Namespace) -> None:
             batch = reader.read(count=want, block_ms=2000 if args.follow else None)
             if not batch and not args.follow:
                 break
-            for notice in batch:
-                print(notice.to_json(), flush=True)
-                reader.ack([notice])  # after the print: a crash in between re-reads it
+            for msg in batch:  # a Notice or a NoticeState: both print as their message
+                print(msg.to_json(), flush=True)
+                reader.ack([msg])  # after the print: a crash in between re-reads it
             printed += len(batch)
     except KeyboardInterrupt:
         pass

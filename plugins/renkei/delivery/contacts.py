@@ -62,7 +62,7 @@ def _rows(raw_dir: Path, name: str) -> Iterator[dict]:
             f"{name}: neither {name}.csv nor {name}.db in {raw_dir}: delivery reads the registry's own "
             "tables; point --work / RENKEI_RAW_DIR at the raw drop folder"
         )
-    for _, row in _iter_raw(source, location):
+    for _, row in _iter_raw(source, location, None, None):  # the whole table
         if row is not None:
             yield row
 

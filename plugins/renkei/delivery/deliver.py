@@ -3,6 +3,8 @@
 One run, for the clock reading `now`, takes every notice without a final receipt and decides,
 in this order (the first that applies wins; each decision is one receipt):
 
+0. withdrawn or superseded in the warehouse (renkei.outputs.lifecycle)
+                                                           → suppressed/withdrawn (final unless reinstated)
 1. failed before and its backoff has not elapsed            → skipped this run, no receipt
 2. window_end before today (Asia/Tokyo)                     → suppressed/expired (final)
 3. opted out of the notice's topic(s) (optouts.py)          → suppressed/opted_out (final)
@@ -14,9 +16,14 @@ in this order (the first that applies wins; each decision is one receipt):
 8. send: `sent`, or `failed` with the error class (retried with backoff up to max_attempts);
    after an error that means the channel itself is down, the rest wait for the next run.
 
-A dry run decides the same way, writes one JSON line per message it would send and records
-nothing. Sending is at-least-once at the SMTP boundary (a crash between the send and its
-receipt resends once, under the same Message-ID); receipts allow one `sent` per notice.
+Immediately before each send the notice's state is read from the warehouse again, so a
+withdrawal committed after this run read the outbox still stops it (suppressed/withdrawn). A
+notice reinstated after its suppression/withdrawn is delivered like a pending one.
+
+A dry run decides the same way (without the re-check: it sends nothing), writes one JSON line
+per message it would send and records nothing. Sending is at-least-once at the SMTP boundary (a
+crash between the send and its receipt resends once, under the same Message-ID); receipts allow
+one `sent` per notice.
 """
 
 from __future__ import annotations
@@ -43,9 +50,10 @@ from renkei.delivery.settings import DeliverySettings
 from renkei.delivery.templates import Templates
 from renkei.errors import KeyRingError, RenkeiError
 from renkei.keys.ring import KeyRing
+from renkei.outputs import lifecycle
 from renkei.settings import redact_url
 from renkei.sources.values import JST
-from renkei.warehouse import engine, notices, staging_table
+from renkei.warehouse import engine, notice_events, notices, staging_table
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +87,21 @@ def _aware(now: datetime) -> datetime:
     return now.replace(tzinfo=JST) if now.tzinfo is None else now
 
 
-def _final(state: receipts.NoticeState | None, max_attempts: int) -> bool:
-    return state is not None and (state.sent or state.final_suppression or state.failures >= max_attempts)
+def _final(state: receipts.NoticeState | None, notice: dict, max_attempts: int) -> bool:
+    """Nothing left to do for the notice: sent, finally suppressed, out of attempts, or
+    withdrawn in the warehouse and already recorded so."""
+    if state is None:
+        return False
+    if state.sent or state.final_suppression or state.failures >= max_attempts:
+        return True
+    return state.withdrawn and notice["state"] in lifecycle.CLOSED
 
 
 def read_notices(conn: sa.Connection) -> list[dict]:
+    """Every outbox notice with its lifecycle ``state``, in created order."""
+    states = lifecycle.latest_states(conn)
     q = sa.select(*(notices.c[n] for n in _NOTICE_COLUMNS)).order_by(notices.c.created_at, notices.c.notice_id)
-    return [dict(r._mapping) for r in conn.execute(q)]
+    return [{**r._mapping, "state": states.get(r.notice_id, lifecycle.PENDING)} for r in conn.execute(q)]
 
 
 def event_titles(conn: sa.Connection, event_ids: set[str]) -> dict[str, str | None]:
@@ -123,11 +139,15 @@ def deliver(
         with wh.connect() as conn:
             if not sa.inspect(conn).has_table(notices.name):
                 raise RenkeiError(f"the warehouse {redact_url(settings.warehouse_url)} has no notices table: run `renkei run` first")
+            if not sa.inspect(conn).has_table(notice_events.name):
+                raise RenkeiError(f"the warehouse {redact_url(settings.warehouse_url)} has no notice_events table: "
+                                  "run `renkei run` (or the proactive_services DAG) once to update its schema")
             all_notices = read_notices(conn)
             titles = event_titles(conn, {n["subject"] for n in all_notices if n["service"] == "event"})
             subs_by_erk = load_subscriptions(conn, {n["erk"] for n in all_notices})
-    finally:
+    except BaseException:
         wh.dispose()
+        raise
 
     dl: sa.Engine | None = None
     state: dict[str, receipts.NoticeState] = {}
@@ -138,11 +158,13 @@ def deliver(
         with dl.connect() as conn:
             state = receipts.states(conn)
 
-    pending = [n for n in all_notices if not _final(state.get(n["notice_id"]), cfg.retry.max_attempts)]
+    pending = [n for n in all_notices if not _final(state.get(n["notice_id"]), n, cfg.retry.max_attempts)]
     sendable: list[dict] = []
     for n in pending:
         nid, service = n["notice_id"], n["service"]
-        if not retry_due(state.get(nid), now, cfg.retry):
+        if n["state"] in lifecycle.CLOSED:
+            _suppress(dl, report, n, receipts.WITHDRAWN, None, now)
+        elif not retry_due(state.get(nid), now, cfg.retry):
             report.add(service, "waiting_backoff")
         elif n["window_end"] < today:
             _suppress(dl, report, n, "expired", None, now)
@@ -191,6 +213,9 @@ def deliver(
                 report.sample = report.sample or line
                 continue
             limiter.wait()
+            if _withdrawn_since(wh, nid):
+                _suppress(dl, report, n, receipts.WITHDRAWN, contact.channel, now)
+                continue
             try:
                 channel.send(message)
             except SendFailed as exc:
@@ -208,8 +233,15 @@ def deliver(
             ch.close()
         if dl is not None:
             dl.dispose()
+        wh.dispose()
     log.info("deliver_notices at %s: %s", now.isoformat(), report.counts())
     return report
+
+
+def _withdrawn_since(wh: sa.Engine, notice_id: str) -> bool:
+    """The notice was withdrawn or superseded since this run read the outbox (one small query)."""
+    with wh.connect() as conn:
+        return lifecycle.state_of(conn, notice_id) in lifecycle.CLOSED
 
 
 def _contacts(settings: DeliverySettings, ring: KeyRing | None, batch: list[dict], cfg: DeliveryConfig, today) -> ContactIndex:

@@ -5,8 +5,10 @@ contact: only the notice id, the attempt number, the outcome, the channel and th
 partial unique index allows one `sent` receipt per notice on every engine, so a notice is never
 recorded as sent twice.
 
-Final outcomes: `sent`; `suppressed` for any reason but quiet_hours (deferred); `failed`
-``max_attempts`` times. Everything else is pending and comes back on a later run.
+Final outcomes: `sent`; `suppressed` for any reason but quiet_hours (deferred) and withdrawn;
+`failed` ``max_attempts`` times. Everything else is pending and comes back on a later run.
+suppressed/withdrawn is final while the notice stays withdrawn or superseded in the warehouse
+(renkei.outputs.lifecycle): a notice reinstated later may be delivered after all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.engine import make_url
 from renkei.sources.values import format_timestamp, parse_timestamp
 
 SENT, FAILED, SUPPRESSED = "sent", "failed", "suppressed"
+WITHDRAWN = "withdrawn"  # the suppression of a notice withdrawn or superseded before it was sent
 DEFERRED_REASONS = frozenset({"quiet_hours"})
 
 metadata = sa.MetaData()
@@ -31,7 +34,7 @@ delivery_receipts = sa.Table(
     sa.Column("notice_id", sa.String(64), primary_key=True),
     sa.Column("attempt", sa.Integer, primary_key=True),  # 1, 2, … per notice
     sa.Column("status", sa.String(16), nullable=False),  # sent | failed | suppressed
-    sa.Column("reason", sa.String(64)),  # opted_out | no_verified_contact | quiet_hours | … | SMTP error class
+    sa.Column("reason", sa.String(64)),  # opted_out | no_verified_contact | quiet_hours | withdrawn | … | SMTP error class
     sa.Column("channel", sa.String(16)),
     sa.Column("at", sa.String(32), nullable=False),  # canonical ISO text in JST
     sa.CheckConstraint("status IN ('sent', 'failed', 'suppressed')", name="ck_delivery_receipts_status"),
@@ -46,9 +49,10 @@ class NoticeState:
 
     attempts: int
     sent: bool
-    final_suppression: bool
+    final_suppression: bool  # suppressed for a final reason (not deferred, not withdrawn)
     failures: int
     last_failure_at: datetime | None
+    withdrawn: bool = False  # the latest receipt is suppressed/withdrawn
 
 
 def default_url(work: Path) -> str:
@@ -76,7 +80,9 @@ def states(conn: sa.Connection) -> dict[str, NoticeState]:
         return {}
     r = delivery_receipts.c
     is_failed = sa.case((r.status == FAILED, 1), else_=0)
-    final_sup = sa.case((sa.and_(r.status == SUPPRESSED, r.reason.not_in(sorted(DEFERRED_REASONS))), 1), else_=0)
+    final_sup = sa.case((sa.and_(r.status == SUPPRESSED, r.reason.not_in(sorted(DEFERRED_REASONS | {WITHDRAWN}))), 1),
+                        else_=0)
+    withdrawn_at = sa.case((sa.and_(r.status == SUPPRESSED, r.reason == WITHDRAWN), r.attempt), else_=None)
     q = sa.select(
         r.notice_id,
         sa.func.max(r.attempt),
@@ -84,10 +90,12 @@ def states(conn: sa.Connection) -> dict[str, NoticeState]:
         sa.func.sum(final_sup),
         sa.func.sum(is_failed),
         sa.func.max(sa.case((r.status == FAILED, r.at), else_=None)),
+        sa.func.max(withdrawn_at),
     ).group_by(r.notice_id)
     return {
-        nid: NoticeState(int(n), bool(sent), bool(sup), int(failed), parse_timestamp(last) if last else None)
-        for nid, n, sent, sup, failed, last in conn.execute(q)
+        nid: NoticeState(int(n), bool(sent), bool(sup), int(failed), parse_timestamp(last) if last else None,
+                         withdrawn=last_withdrawn == n)
+        for nid, n, sent, sup, failed, last, last_withdrawn in conn.execute(q)
     }
 
 

@@ -6,10 +6,17 @@ subscribed. Only residents whose registry status is ``resident`` on D get notice
 is deterministic (rule, ERK, period, kind), and the outbox insert ignores an id it already
 holds: a re-run, a retry or a duplicate event never publishes a notice twice.
 
+Notices not yet delivered follow their basis (renkei.outputs.lifecycle): for the residents it
+evaluates, a run withdraws or supersedes each open notice (window_end ≥ D) that the rules no
+longer give, and reinstates a withdrawn or superseded one they give again, in the transaction
+that writes its new notices. Immunization, check-up and NHI notices are current when drafted
+again (drafts are a function of the mart and the date); an event notice, never drafted twice,
+while its event and a matching subscription last (event_notices.event_notice_lapse).
+
 Suspect links are held back: an ERK with an active ``hold`` item of the integrity audit that is
-pending or rejected (renkei.linkage.review.held_erks) gets no new notice from any service until
-a reviewer approves the item or the department's corrected record clears it. Notices already in
-the outbox stay.
+pending or rejected (renkei.linkage.review.held_erks) gets no new notice from any service, and
+none of its notices moves, until a reviewer approves the item or the department's corrected
+record clears it. Notices already in the outbox stay.
 
 A run is *incremental* when the previous complete evaluation was for the same date and the
 events calendar is unchanged since: then only the residents the mart builds since then rebuilt
@@ -40,9 +47,17 @@ from renkei.keys.rotation import hold_link_key
 from renkei.linkage.mart import mart_lost
 from renkei.linkage.review import held_erks
 from renkei.linkage.subjects import assign_subjects
+from renkei.outputs import lifecycle
 from renkei.services.checkup import evaluate_checkups, load_checkup_rules
 from renkei.services.dates import fiscal_year, fiscal_year_start
-from renkei.services.event_notices import Event, Subscription, calendar, evaluate_on_calendar, load_event_rules
+from renkei.services.event_notices import (
+    Event,
+    Subscription,
+    calendar,
+    evaluate_on_calendar,
+    event_notice_lapse,
+    load_event_rules,
+)
 from renkei.services.immunization import NoticeDraft, evaluate_recorded, load_immunization_rules, notice_id
 from renkei.services.nhi_checkup import evaluate_nhi_checkup, load_nhi_checkup_rules
 from renkei.sources.values import format_timestamp, parse_timestamp
@@ -168,14 +183,9 @@ def _events(conn: sa.Connection) -> list[Event]:
     ]
 
 
-def event_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterator[Draft]:
-    rules = load_event_rules()
+def _subscriptions(conn: sa.Connection, erks: Erks) -> dict[str, list[Subscription]]:
+    """The city-app subscriptions of the residents (registry status ``resident``) among ``erks``."""
     sub = staging_table(load_sources()["subscriptions"])
-    # Only events that can qualify today, prepared once; the drafts are the same as over the
-    # whole calendar (evaluate_on_calendar).
-    cal = calendar(_events(conn), as_of, rules)
-    if not cal.by_topic:
-        return
     subs: dict[str, list[Subscription]] = defaultdict(list)
     q = (
         sa.select(sub.c.erk, sub.c.topic, sub.c.ward_code, sub.c.opted_in_at, sub.c.opted_out_at)
@@ -186,6 +196,17 @@ def event_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterato
         if opted_in is None:
             continue
         subs[erk].append(Subscription(topic, ward, parse_timestamp(opted_in), parse_timestamp(opted_out) if opted_out else None))
+    return subs
+
+
+def event_drafts(conn: sa.Connection, as_of: date, erks: Erks = None) -> Iterator[Draft]:
+    rules = load_event_rules()
+    # Only events that can qualify today, prepared once; the drafts are the same as over the
+    # whole calendar (evaluate_on_calendar).
+    cal = calendar(_events(conn), as_of, rules)
+    if not cal.by_topic:
+        return
+    subs = _subscriptions(conn, erks)
     sent: dict[str, list[tuple[str, date]]] = defaultdict(list)
     n = notices.c
     for erk, event_id, on in _stream(conn, sa.select(n.erk, n.subject, n.evaluated_on).where(
@@ -226,7 +247,7 @@ def _row(erk: str, draft: NoticeDraft, as_of: date, run_id: str, created_at: str
         "subject": draft.vaccine_code, "dose_number": draft.dose_number,
         "window_start": draft.window_start, "window_end": draft.window_end,
         "evaluated_on": as_of, "facts": _facts(draft, {} if shared is None else shared),
-        "created_run_id": run_id, "created_at": created_at,
+        "created_run_id": run_id, "created_at": created_at, "replaces": None,
     }
 
 
@@ -341,18 +362,108 @@ def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, 
             "parts": max(1, parts) if split else 1, "residents_touched": touched}
 
 
-def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
-    """Evaluate the rules for one part of a plan and write its new notices; returns counts
-    {"part", "open", "new", "held_erks", "by_service_kind"}.
+def _residents(conn: sa.Connection, erks: set[str]) -> dict[str, sa.RowMapping]:
+    """The mart rows of ``erks`` (those the registry still holds), by ERK."""
+    m = mart_residents.c
+    cols = (m.erk, m.status, m.immunization_history, m.checkups, m.nhi_qualified_on, m.nhi_disqualified_on,
+            m.nhi_last_checkup_on)
+    keys = sorted(erks)
+    out: dict[str, sa.RowMapping] = {}
+    for i in range(0, len(keys), CHUNK):
+        out.update((r["erk"], r) for r in conn.execute(sa.select(*cols).where(m.erk.in_(keys[i:i + CHUNK]))).mappings())
+    return out
 
-    Re-running a part writes nothing twice (notice ids are deterministic and the outbox ignores
-    ids it holds).
+
+class _Lifecycle:
+    """Decides the lifecycle transitions of one part's open notices, chunk by chunk
+    (renkei.outputs.lifecycle; see the module docstring)."""
+
+    def __init__(self, as_of: date, services: list[str], held: set[str]) -> None:
+        self.as_of, self.services, self.held = as_of, services, held
+        self.counted = {s.rule_id: s.counts for s in load_immunization_rules().series}
+        self._calendar: dict[str, Event] | None = None
+
+    def events(self, conn: sa.Connection) -> dict[str, Event]:
+        if self._calendar is None:
+            self._calendar = {e.event_id: e for e in _events(conn)}
+        return self._calendar
+
+    def decide(self, conn: sa.Connection, erks: Erks, open_ids: set[str], drafted: set[str],
+               fresh: list[dict]) -> list[lifecycle.Transition]:
+        """The transitions of the open notices of ``erks``: ``open_ids`` holds those of the
+        drafted services (window open, not events), ``drafted`` every id the rules gave now,
+        ``fresh`` the rows of the notices new in this pass. Only the few notices whose state
+        moves are read in full."""
+        among = _among(notices.c.erk, erks)
+        states = lifecycle.latest_states(conn, lifecycle.open_clause(self.as_of, self.services), among)
+        # Drafted services: current = drafted again (sets, not rows: a city's open notices).
+        moving = {i for i in open_ids - drafted if states.get(i, lifecycle.PENDING) in lifecycle.LIVE}
+        moving |= {i for i, state in states.items() if state in lifecycle.CLOSED and i in drafted and i in open_ids}
+        found = [o for o in lifecycle.by_id(conn, moving, states) if o.erk not in self.held]
+        event_lapse: dict[str, str] = {}
+        if "event" in self.services:  # never drafted twice (event_drafts skips told events)
+            calendar_now, subs = self.events(conn), _subscriptions(conn, erks)
+            for o in lifecycle.open_notices(conn, lifecycle.open_clause(self.as_of, ["event"]), among, states=states):
+                if o.erk in self.held:
+                    continue
+                lapse = event_notice_lapse(subs.get(o.erk, []), calendar_now.get(o.subject), self.as_of, o.window_end)
+                if lapse is not None:
+                    event_lapse[o.notice_id] = lapse
+                if (o.state in lifecycle.LIVE) == (lapse is not None):
+                    found.append(o)
+        if not found:
+            return []
+        lapsed = [o for o in found if o.state in lifecycle.LIVE]
+        successors = self._successors(conn, lapsed, drafted, fresh)
+        residents = _residents(conn, {o.erk for o in lapsed})
+
+        def successor(o: lifecycle.OpenNotice) -> str | None:
+            ids = sorted(i for i in successors.get(o.key, ()) if i != o.notice_id)
+            return ids[0] if ids else None
+
+        def reason(o: lifecycle.OpenNotice) -> str:
+            return lifecycle.withdrawal_reason(o, residents.get(o.erk), self.as_of, self.counted.get(o.rule_id, ()),
+                                               event_lapse.get(o.notice_id))
+
+        # Every notice found moves: a live one lapsed, a closed one is current again.
+        return lifecycle.decide(found, lambda o: o.state in lifecycle.CLOSED, successor, reason)
+
+    @staticmethod
+    def _successors(conn: sa.Connection, lapsed: list[lifecycle.OpenNotice], drafted: set[str],
+                    fresh: list[dict]) -> dict[tuple, list[str]]:
+        """The notices drafted now (in the outbox or new) about the residents, services and
+        subjects of ``lapsed``: what each can be superseded by."""
+        wanted = {o.key for o in lapsed}
+        out: dict[tuple, list[str]] = defaultdict(list)
+        n = notices.c
+        erks = sorted({o.erk for o in lapsed})
+        for i in range(0, len(erks), CHUNK):
+            for nid, *key in conn.execute(sa.select(n.notice_id, n.erk, n.service, n.subject)
+                                          .where(n.erk.in_(erks[i:i + CHUNK]))):
+                if nid in drafted and tuple(key) in wanted:
+                    out[tuple(key)].append(nid)
+        for r in fresh:
+            key = (r["erk"], r["service"], r["subject"])
+            if key in wanted:
+                out[key].append(r["notice_id"])
+        return out
+
+
+def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
+    """Evaluate the rules for one part of a plan, write its new notices and the lifecycle
+    transitions of its open ones; returns counts {"part", "open", "new", "withdrawn",
+    "superseded", "reinstated", "held_erks", "by_service_kind"}.
+
+    Re-running a part writes nothing twice (notice ids are deterministic, the outbox ignores
+    ids it holds, and a transition is only appended from the state it was decided from).
     """
     eng = engine(warehouse_url)
     as_of, run_id = date.fromisoformat(plan["as_of"]), plan["run_id"]
     part = Part(index, plan["parts"])
     now = format_timestamp(datetime.now(timezone.utc))
+    services = plan["services"] or list(SERVICES)
     rows: list[dict] = []
+    transitions: list[lifecycle.Transition] = []
     # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
     # transaction upgraded to a writer fails if another writer came in between).
     with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
@@ -365,42 +476,68 @@ def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
         chunks: list[Erks] = [part] if scope is None else [scope[i:i + CHUNK] for i in range(0, len(scope), CHUNK)]
         shared: dict[int, tuple[NoticeDraft, str]] = {}
         by_kind: Counter[str] = Counter()
+        life = _Lifecycle(as_of, services, held)
         for erks in chunks:
             # The outbox ignores ids it holds: rows are only made for the others (the same
             # outcome, without serialising and shipping every open notice again each run).
             n = notices.c
-            seen = set(conn.execute(sa.select(n.notice_id).where(_among(n.erk, erks)),
-                                    execution_options={"yield_per": FETCH}).scalars())
+            seen: set[str] = set()
+            open_ids: set[str] = set()  # of the drafted services: the lifecycle's base
+            is_open = sa.case((lifecycle.open_clause(as_of, [s for s in services if s != "event"]), 1), else_=0)
+            for nid, still in conn.execute(sa.select(n.notice_id, is_open).where(_among(n.erk, erks)),
+                                           execution_options={"yield_per": FETCH}):
+                seen.add(nid)
+                if still:
+                    open_ids.add(nid)
             subject_of = dict(conn.execute(sa.select(subjects.c.erk, subjects.c.subject_key)
                                            .where(_among(subjects.c.erk, erks)),
                                            execution_options={"yield_per": FETCH}).all())
-            for name in plan["services"] or list(SERVICES):
+            drafted: set[str] = set()
+            fresh: list[dict] = []
+            for name in services:
                 for erk, d in SERVICES[name](conn, as_of, erks):
                     if erk in held or erk not in subject_of:
                         continue
                     by_kind[f"{d.service}/{d.kind}"] += 1
                     nid = notice_id(d.rule_id, subject_of[erk], d.period_key, d.kind)
+                    drafted.add(nid)
                     if nid not in seen:
                         seen.add(nid)
-                        rows.append(_row(erk, d, as_of, run_id, now, shared, nid))
+                        fresh.append(_row(erk, d, as_of, run_id, now, shared, nid))
+            transitions += life.decide(conn, erks, open_ids, drafted, fresh)
+            rows += fresh
     with eng.begin() as conn:
         hold_link_key(conn, expect=plan["link_version"])
-        new = _insert_new(conn, rows)
+        moved = lifecycle.append(conn, transitions, run_id, now)
+        new = _insert_new(conn, _with_replaces(rows, moved))
         pending = services_held_pending.c
         conn.execute(services_held_pending.delete().where(pending.run_id == run_id, part.clause(pending.erk)))
         if held:
             conn.execute(sa.insert(services_held_pending), [{"run_id": run_id, "erk": e} for e in sorted(held)])
     eng.dispose()
-    counts = {"part": index, "open": sum(by_kind.values()), "new": new, "held_erks": len(held),
-              "by_service_kind": dict(sorted(by_kind.items()))}
+    counts = {"part": index, "open": sum(by_kind.values()), "new": new, **lifecycle.count(moved),
+              "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items()))}
     log.info("proactive_services on %s, part %d of %d: %s", as_of, index + 1, part.count, counts)
     return counts
 
 
+def _with_replaces(rows: list[dict], transitions: list[lifecycle.Transition]) -> list[dict]:
+    """The new rows, each naming the notice it supersedes (the first by id, if several)."""
+    replaced: dict[str, str] = {}
+    for t in transitions:
+        if t.superseded_by is not None:
+            replaced.setdefault(t.superseded_by, t.notice_id)
+    if replaced:
+        for r in rows:
+            if r["notice_id"] in replaced:
+                r["replaces"] = replaced[r["notice_id"]]
+    return rows
+
+
 def record_services(warehouse_url: str, plan: dict, results: list[dict]) -> dict:
     """Record a services run whose every part succeeded (the base of the next incremental run);
-    returns the run's counts {"open", "new", "held_erks", "by_service_kind", "mode",
-    "residents_touched", "parts"}."""
+    returns the run's counts {"open", "new", "withdrawn", "superseded", "reinstated",
+    "held_erks", "by_service_kind", "mode", "residents_touched", "parts"}."""
     done = sorted(r["part"] for r in results)
     if done != list(range(plan["parts"])):
         raise RenkeiError(
@@ -420,6 +557,7 @@ def record_services(warehouse_url: str, plan: dict, results: list[dict]) -> dict
         conn.execute(services_held_pending.delete().where(services_held_pending.c.run_id == plan["run_id"]))
     eng.dispose()
     counts = {"open": sum(r["open"] for r in results), "new": sum(r["new"] for r in results),
+              **{k: sum(r.get(k, 0) for r in results) for k in ("withdrawn", "superseded", "reinstated")},
               "held_erks": sum(r["held_erks"] for r in results), "by_service_kind": dict(sorted(by_kind.items())),
               "mode": plan["mode"], "residents_touched": plan["residents_touched"], "parts": plan["parts"]}
     log.info("proactive_services on %s: %s", plan["as_of"], counts)
@@ -431,6 +569,7 @@ def run_services(warehouse_url: str, as_of: date, run_id: str, services: list[st
     """Evaluate the rules on ``as_of`` and write new notices; returns counts.
 
     {"open": notices open on the date for the residents evaluated, "new": inserted now,
+     "withdrawn", "superseded", "reinstated": lifecycle transitions appended now,
      "held_erks": ERKs held back by the audit, "by_service_kind": {"immunization/due": n, …},
      "mode": "full" | "incremental", "residents_touched": residents evaluated, "parts": n}
 

@@ -1,9 +1,14 @@
 """NoticeReader: the consumer API of the notices stream (a Redis Stream read by a consumer group).
 
     reader = NoticeReader("redis://127.0.0.1:6379/0", "renkei:notices", "delivery", "worker-1")
-    for notice in reader.read(count=100, block_ms=5000):
-        handle(notice)                      # drop it if notice.notice_id was handled before
-        reader.ack([notice])
+    for msg in reader.read(count=100, block_ms=5000):
+        if isinstance(msg, NoticeState):    # withdrawn / superseded / reinstated
+            apply(msg)                      # drop it if (msg.notice_id, msg.seq) was handled before
+        else:
+            handle(msg)                     # drop it if msg.notice_id was handled before
+        reader.ack([msg])
+
+A notice's state messages come after the notice itself (docs/EVENTS.md).
 
 At-least-once: a notice read but not acknowledged stays pending on its consumer, and the next
 reader with the same group and consumer name re-reads its pending notices before new ones.
@@ -17,12 +22,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from renkei.events.stream_reply import stream_entries
-from renkei.outputs.notice import Notice, NoticeError
+from renkei.outputs.notice import Notice, NoticeError, NoticeState, decode
 
 if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
+Message = Notice | NoticeState
 
 
 class NoticeReader:
@@ -59,11 +65,12 @@ class NoticeReader:
             )
         return cls(cfg.redis_url, cfg.stream, group, consumer, start=start)
 
-    def read(self, count: int = 100, block_ms: int | None = None) -> list[Notice]:
-        """Up to ``count`` notices: first this consumer's pending ones, then new ones.
+    def read(self, count: int = 100, block_ms: int | None = None) -> list[Message]:
+        """Up to ``count`` messages (a Notice, or a NoticeState: a notice's lifecycle
+        transition): first this consumer's pending ones, then new ones.
 
-        ``block_ms`` waits that long for new notices when none is there (None: do not wait;
-        0: wait forever). Each notice carries its stream entry id in ``message_id``.
+        ``block_ms`` waits that long for new messages when none is there (None: do not wait;
+        0: wait forever). Each message carries its stream entry id in ``message_id``.
         """
         self._ensure_group()
         # Loops only past entries that were all dropped as malformed, so [] means "nothing there".
@@ -86,11 +93,11 @@ class NoticeReader:
             if notices or not entries:
                 return notices
 
-    def ack(self, ids: Iterable[str | Notice]) -> int:
-        """Acknowledge notices (or their stream entry ids) once handled; returns how many were pending."""
-        keys = [i.message_id if isinstance(i, Notice) else i for i in ids]
+    def ack(self, ids: Iterable[str | Message]) -> int:
+        """Acknowledge messages (or their stream entry ids) once handled; returns how many were pending."""
+        keys = [i if isinstance(i, str) else i.message_id for i in ids]
         if any(k is None for k in keys):
-            raise ValueError("NoticeReader.ack: a notice without message_id was not read from the stream")
+            raise ValueError("NoticeReader.ack: a message without message_id was not read from the stream")
         return int(self._client.xack(self.stream, self.group, *keys)) if keys else 0
 
     def seek(self, last_id: str = "0") -> None:
@@ -124,14 +131,14 @@ class NoticeReader:
                 raise
         self._group_ready = True
 
-    def _decode(self, entries: list[tuple[str, dict | None]]) -> list[Notice]:
-        out: list[Notice] = []
+    def _decode(self, entries: list[tuple[str, dict | None]]) -> list[Message]:
+        out: list[Message] = []
         for msg_id, fields in entries:
             data = (fields or {}).get(b"data", (fields or {}).get("data"))
             try:
                 if data is None:
                     raise NoticeError(f"notice message {msg_id}: field 'data' is missing (or the entry was trimmed)")
-                out.append(Notice.from_json(data, msg_id))
+                out.append(decode(data, msg_id))
             except NoticeError as exc:
                 # A poison entry must not block the group: drop it loudly; the outbox still holds the notice.
                 log.error("notices stream %s: %s; acknowledged and skipped", self.stream, exc)

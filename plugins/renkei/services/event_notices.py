@@ -18,7 +18,9 @@ Readings of SERVICES.md made here (lead time and cap are data, config/services/e
   that is 3 − (notices generated D−6 … D). Runs in date order then keep every run within the
   cap. The earliest-starting events (then event_id) take the room; the others are drafted on
   a later day while they still qualify.
-- An opt-out stopping delivery of notices already generated is delivery's job, not this one.
+- A notice already generated stays current (event_notice_lapse) while the event is on the
+  calendar, starts after D, and a subscription active on D matches it; otherwise the services
+  run withdraws it (renkei.outputs.lifecycle) and delivery does not send it.
 - The draft reuses NoticeDraft: vaccine_code is the event_id (the subject), dose_number is 1
   (period key "<event_id>#1"), kind "event", window D … the start date. facts: event_id,
   starts_at (ISO, JST), venue, topic, ward_code, evaluated_on.
@@ -42,6 +44,7 @@ __all__ = [
     "calendar",
     "evaluate_events",
     "evaluate_on_calendar",
+    "event_notice_lapse",
     "load_event_rules",
     "upcoming",
 ]
@@ -154,6 +157,27 @@ def evaluate_on_calendar(
             draft = cal.drafts[key] = _draft(event, starts, on, rules)
         out.append(draft)
     return out
+
+
+def event_notice_lapse(subscriptions: list[Subscription], event: Event | None, on: date,
+                       announced: date) -> str | None:
+    """Why an event notice is no longer current on `on`, or None while it is.
+
+    `event` is the notice's event as the calendar holds it now (None: no longer there);
+    `announced` the start date the notice gave (its window end). Registry status is the
+    caller's check. Reasons: "event_removed"; "event_started" (starts on or before `on` as
+    announced) or "event_rescheduled" (moved to a date on or before `on`); "opted_out" (no
+    subscription active on `on` matches the event's topic and ward).
+    """
+    if event is None:
+        return "event_removed"
+    starts = _tokyo(event.starts_at).date()
+    if starts <= on:
+        return "event_started" if starts == announced else "event_rescheduled"
+    if not any(s.topic == event.topic and s.ward_code in (None, event.ward_code)
+               for s in subscriptions if _active(s, on)):
+        return "opted_out"
+    return None
 
 
 def upcoming(events: list[Event], on: date, rules: EventRules) -> list[Event]:

@@ -111,16 +111,21 @@ def notices_page(service: str | None, kind: str | None, page: int) -> dict:
 
 
 def explain(notice_id: str) -> dict:
-    """What `renkei explain` shows: rule, window, the facts the rule used, delivery receipts."""
+    """What `renkei explain` shows: rule, window, the facts the rule used, the lifecycle
+    (state and transitions), delivery receipts."""
     from renkei.delivery import receipts  # noqa: PLC0415
     from renkei.delivery.payload import facts_of  # noqa: PLC0415
+    from renkei.outputs import lifecycle  # noqa: PLC0415
 
     found = _rows(sa.select(notices).where(notices.c.notice_id == notice_id))
     if not found:
         raise RenkeiError(f"notice {notice_id} is not in the warehouse: pick one from the notices list")
     n = found[0]
     n.pop("erk", None)
-    out = {"notice": n, "facts": facts_of(n), "receipts": None}
+    with _engine(warehouse_url()).connect() as conn:
+        events = lifecycle.history(conn, notice_id)
+    out = {"notice": n, "facts": facts_of(n), "receipts": None, "lifecycle": events,
+           "state": events[-1]["state"] if events else lifecycle.PENDING}
     delivery_url = os.environ.get("RENKEI_DELIVERY_URL")
     if not delivery_url and os.environ.get("RENKEI_HOME"):
         delivery_url = f"sqlite:///{Path(os.environ['RENKEI_HOME']).resolve() / 'delivery.db'}"
