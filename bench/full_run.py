@@ -10,8 +10,8 @@
    stage is timed alone. Airflow's own per-task overhead is measured by bench/chain_run.py.
 3. **Baseline** on a second fresh database: the same extract → join → insert as plain SQL,
    with no validation and no crypto (raw rows copied in, joined on the plaintext resident code).
-4. **Incremental**: 1,000 records changed across sources in the extracts, then the chain again
-   (watermarks make it read only the changed rows).
+4. **Incremental**: 1,000 records changed across sources in the department's raw tables and
+   exported by the incremental adapter, then the chain again (it reads only those changes).
 
 Writes bench/results/full_run.json and bench/results/incremental.json.
 """
@@ -235,18 +235,15 @@ def baseline(raw_dir: Path, url: str, sources, say) -> dict[str, float]:
     return {k: round(v, 3) for k, v in stages.items()}
 
 
-def change_records(extracts_url: str, sources, n: int, seed: int) -> dict[str, int]:
-    """Re-stamp ``n`` extract rows spread over the sources (a new ``updated_at``, as a department
-    re-export of those records): every stage runs for them, and the link and services steps
-    rebuild and re-evaluate their residents."""
+def change_records(raw_dir: Path, extracts_url: str, ring, sources, n: int, seed: int) -> dict[str, int]:
+    """Change ``n`` department records spread over the sources, in the raw tables (a new
+    ``updated_at``, as a department's system stamps an edit), then run each department's
+    incremental export: the adapter writes exactly those rows, and every stage runs for them."""
     import random
 
-    from renkei.keys.adapter import now_jst
-    from renkei.warehouse import extract_table
+    from renkei.keys.adapter import now_jst, pseudonymize, raw_location
 
     rnd = random.Random(seed)
-    path = extracts_url.replace("sqlite:///", "")
-    db = sqlite3.connect(path)
     shares = {"registry": 0.3, "immunization": 0.4, "child_health": 0.1, "nhi": 0.1, "subscriptions": 0.1}
     changed: dict[str, int] = {}
     stamp = now_jst()
@@ -254,13 +251,14 @@ def change_records(extracts_url: str, sources, n: int, seed: int) -> dict[str, i
         k = int(n * shares.get(src.name, 0))
         if not k:
             continue
-        table = extract_table(src, sa.MetaData()).name
-        total = db.execute(f'SELECT max(source_row) FROM "{table}"').fetchone()[0] or 0
+        db = sqlite3.connect(raw_dir / f"{src.name}.db")
+        total = db.execute(f'SELECT max(rowid) FROM "{src.name}"').fetchone()[0] or 0
         rows = rnd.sample(range(1, total + 1), min(k, total))
-        db.executemany(f'UPDATE "{table}" SET updated_at = ? WHERE source_row = ?', [(stamp, r) for r in rows])
-        changed[src.name] = len(rows)
-    db.commit()
-    db.close()
+        db.executemany(f'UPDATE "{src.name}" SET updated_at = ? WHERE rowid = ?', [(stamp, r) for r in rows])
+        db.commit()
+        db.close()
+        res = pseudonymize(src, raw_location(raw_dir, src.name), extracts_url, ring)
+        changed[src.name] = res.written
     return changed
 
 
@@ -341,7 +339,7 @@ def main() -> int:
         base_stages = baseline(base / "raw", base_url, sources, say)
         baseline_s = time.perf_counter() - t
 
-        changed = change_records(extracts_url, sources, args.changes, args.seed)
+        changed = change_records(base / "raw", extracts_url, KeyRing.load(ring_path), sources, args.changes, args.seed)
         inc = Stages()
         say(f"incremental: {sum(changed.values())} records changed {changed}")
         t = time.perf_counter()
