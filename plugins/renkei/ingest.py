@@ -267,8 +267,12 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
                 by_reason[part] += n
         upsert(conn, landing_checks, [{"run_id": run_id, "source": source.name, "suite": suite, "rows": landed}])
         known = _already_quarantined(conn, source, land, run_id) if failed else 0
-        new_failures = failed - known
-        halt = _halts(source, new_failures, landed - known)
+        # A failing change the department corrected by a later change of the same key in this
+        # batch is history (quarantined at load), not evidence against the batch: else a halted
+        # batch could never pass, its failing rows staying ahead of every correction.
+        fixed = _fixed_later(conn, source, land, run_id) if failed - known else 0
+        new_failures = failed - known - fixed
+        halt = _halts(source, new_failures, landed - known - fixed)
         state = "failed" if halt else "validated"
         _record_run(conn, source.name, run_id, read=landed, failed=failed, state=state)
     wh.dispose()
@@ -278,7 +282,7 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
              source.name, failed, landed, known, summary["reasons"],
              "; the suite ran again (changed since the extract)" if rerun else "")
     if halt:
-        fresh = landed - known
+        fresh = landed - known - fixed
         raise ValidationFailed(
             f"{source.name}: {new_failures} of {fresh} new rows ({new_failures / fresh:.1%}) fail validation, above "
             f"the limit {source.max_failure_rate:.1%}; nothing was loaded. Reasons: {summary['reasons']}. "
@@ -343,6 +347,19 @@ def _already_quarantined(conn: sa.Connection, source: Source, land: sa.Table, ru
     seen = sa.exists().where(quarantine.c.source == source.name, quarantine.c.row_hash == _digest(land, source))
     return conn.execute(
         sa.select(sa.func.count()).where(land.c.run_id == run_id, land.c.quarantine_reason.is_not(None), seen)
+    ).scalar_one()
+
+
+def _fixed_later(conn: sa.Connection, source: Source, land: sa.Table, run_id: str) -> int:
+    """How many of the batch's failing rows, not quarantined before, have a later passing change
+    of the same key in the batch (the department corrected them)."""
+    later = land.alias("later")
+    fixed = sa.exists().where(
+        later.c.run_id == run_id, later.c[source.key] == land.c[source.key],
+        later.c.change_seq > land.c.change_seq, later.c.quarantine_reason.is_(None))
+    seen = sa.exists().where(quarantine.c.source == source.name, quarantine.c.row_hash == _digest(land, source))
+    return conn.execute(
+        sa.select(sa.func.count()).where(land.c.run_id == run_id, land.c.quarantine_reason.is_not(None), fixed, ~seen)
     ).scalar_one()
 
 

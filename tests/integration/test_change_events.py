@@ -16,12 +16,12 @@ from renkei.events import ChangeEvent, ChangeEventError, ChangeStreamTrigger, pu
 from renkei.events.channel import ChannelConfig, load_channel
 from renkei.warehouse import change_log
 
-EVENT_KEYS = {"source", "watermark", "row_count", "emitted_at", "event_id"}
+EVENT_KEYS = {"source", "change_seq", "row_count", "emitted_at", "event_id"}
 WAIT_S = 15  # bound on every wait; never an assertion about speed
 
 
 def _event(source: str = "registry", n: int = 0) -> ChangeEvent:
-    return ChangeEvent(source=source, watermark=f"2024-05-01T10:00:{n % 60:02d}+09:00", row_count=n)
+    return ChangeEvent(source=source, change_seq=1000 + n, row_count=n)
 
 
 async def _wait_until(cond: Callable[[], bool], what: str) -> None:
@@ -76,6 +76,7 @@ def test_change_event_json_has_exactly_the_non_personal_keys():
     assert set(doc) == EVENT_KEYS
     assert ChangeEvent.from_json(ev.to_json()) == ev
     assert len(ev.event_id) == 32 and ev.emitted_at.endswith("+09:00")
+    assert doc["change_seq"] == 1007 and isinstance(doc["change_seq"], int)
 
 
 def test_unknown_source_is_allowed_in_a_message():
@@ -85,10 +86,17 @@ def test_unknown_source_is_allowed_in_a_message():
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda d: d.pop("watermark"), "watermark"),
+        (lambda d: d.pop("change_seq"), "change_seq"),
+        (lambda d: d.update(change_seq="1000"), "change_seq"),
+        (lambda d: d.update(change_seq=True), "change_seq"),
+        (lambda d: d.update(change_seq=-1), "change_seq"),
+        (lambda d: d.update(change_seq=10.5), "change_seq"),
+        # the old timestamp watermark is no position any more: an event carrying it is refused
+        (lambda d: d.update(change_seq="2024-05-01T10:00:00+09:00"), "change_seq"),
+        (lambda d: d.update(watermark="2024-05-01T10:00:00+09:00"), "watermark"),
         (lambda d: d.update(row_count="3"), "row_count"),
         (lambda d: d.update(row_count=True), "row_count"),
-        (lambda d: d.update(watermark="2024-05-01 10:00"), "watermark"),
+        (lambda d: d.update(row_count=-1), "row_count"),
         (lambda d: d.update(emitted_at="2024-05-01T01:00:00+00:00"), "emitted_at"),
         (lambda d: d.update(event_id="not-a-uuid"), "event_id"),
         (lambda d: d.update(source=""), "source"),

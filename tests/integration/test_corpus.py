@@ -149,8 +149,12 @@ def test_case(case, tmp_path, settings, ring):
         with pytest.raises(SourceError, match=None) as exc:
             pseudonymize(source, str(raw), settings.extracts_url, ring)
         assert case["expected_reason"] in str(exc.value)
-        # nothing written: the previous snapshot is untouched
-        assert _rows(settings.extracts_url, f"SELECT count(*) FROM extract_{source.name}")[0][0] == 5
+        # nothing written: the change log holds the sentinel's export only (change_seq 1..5)…
+        assert _rows(settings.extracts_url, f"SELECT count(*), min(change_seq), max(change_seq), max(export_id) "
+                                            f"FROM extract_{source.name}")[0] == (5, 1, 5, 1)
+        # …and the adapter's state is the sentinel's: the unchanged sentinel exports nothing again
+        again = pseudonymize(source, str(sentinel), settings.extracts_url, ring)
+        assert (again.read, again.written, again.unchanged) == (5, 0, 5)
         return
 
     filler = build_file(case, raw)

@@ -74,7 +74,7 @@ def _state(url: str) -> dict:
                 "FROM staging_immunization"))),
             "quarantine": sorted(tuple(map(str, r)) for r in conn.execute(sa.text(
                 "SELECT source, row_hash, source_row, reason FROM quarantine"))),
-            "watermarks": sorted(tuple(r) for r in conn.execute(sa.text("SELECT source, updated_at FROM watermarks"))),
+            "watermarks": sorted(tuple(r) for r in conn.execute(sa.text("SELECT source, change_seq FROM watermarks"))),
             "landing": conn.execute(sa.text("SELECT count(*) FROM landing_immunization")).scalar_one(),
         }
     eng.dispose()
@@ -94,8 +94,11 @@ def reference(tmp_path_factory, ring) -> dict:
     settings = _settings(f"sqlite:///{tmp / 'wh.db'}", tmp)
     pseudonymize(IMM, str(_raw(tmp / "imm.csv")), settings.extracts_url, ring)
     out = _ingest(settings, "ingest_immunization/reference", ring)
-    assert out == {**out, "read": ROWS, "loaded": ROWS - 3, "quarantined": 3}
-    return _state(settings.warehouse_url)
+    assert out == {**out, "read": ROWS, "loaded": ROWS - 3, "quarantined": 3, "deleted": 0, "watermark": ROWS}
+    state = _state(settings.warehouse_url)
+    # the first export numbers its rows 1..ROWS: the watermark is the last change_seq loaded
+    assert state["watermarks"] == [("immunization", ROWS)]
+    return state
 
 
 @pytest.fixture
@@ -298,7 +301,7 @@ def test_redis_down_during_publication_keeps_the_outbox_and_catches_up_without_d
         monkeypatch.setattr(relay_module, "_publish", real_publish)
 
         caught_up = relay_notices(warehouse, cfg, batch=3)
-        assert caught_up == {"stream": stream, "published": 4, "pending": 0, "errors": 0}
+        assert caught_up == {"stream": stream, "published": 4, "pending": 0, "errors": 0, "state_events_published": 0}
         assert relay_notices(warehouse, cfg, batch=3)["published"] == 0
         on_stream = [json.loads(fields[b"data"])["notice_id"] for _, fields in client.xrange(stream)]
         assert on_stream == ids  # each notice once, in created order
@@ -316,21 +319,31 @@ def test_duplicate_and_out_of_order_change_events_change_nothing(tmp_path, ring)
     pseudonymize(IMM, str(_raw(tmp_path / "imm.csv")), settings.extracts_url, ring)
     _ingest(settings, "ingest_immunization/event_1", ring)
     first = _state(settings.warehouse_url)
+    assert first["watermarks"] == [("immunization", ROWS)]
     # The same event delivered again, then an older one arriving late: each wakes a run that
-    # reads from the persisted watermark, not from the event.
+    # reads after the persisted change_seq watermark, not from the event: nothing is re-read.
     for run in ("ingest_immunization/event_1_again", "ingest_immunization/event_0_late"):
         out = _ingest(settings, run, ring)
-        assert out["quarantined"] == 3  # the boundary rows re-read upsert to the same state
+        assert out == {**out, "read": 0, "loaded": 0, "quarantined": 0, "deleted": 0, "watermark": ROWS}
         assert _state(settings.warehouse_url) == first
 
 
 def test_source_returning_the_same_rows_twice_is_idempotent(tmp_path, ring, reference):
     settings = _settings(f"sqlite:///{tmp_path / 'wh.db'}", tmp_path)
     raw = _raw(tmp_path / "imm.csv")
-    for run in ("ingest_immunization/once", "ingest_immunization/twice"):
-        pseudonymize(IMM, str(raw), settings.extracts_url, ring)
-        _ingest(settings, run, ring)
+    # The department hands over the same file twice: the adapter's diff writes nothing the
+    # second time, and the run after it reads nothing.
+    for run, written in (("ingest_immunization/once", ROWS), ("ingest_immunization/twice", 0)):
+        assert pseudonymize(IMM, str(raw), settings.extracts_url, ring).written == written
+        assert _ingest(settings, run, ring)["read"] == written
         assert _state(settings.warehouse_url) == reference
+    # A full re-export hands every row over again under new change_seqs (ROWS+1..2*ROWS): read
+    # again, it upserts to the same staging and quarantine; only the watermark moves on.
+    again = pseudonymize(IMM, str(raw), settings.extracts_url, ring, mode="full")
+    assert (again.written, again.first_seq, again.last_seq) == (ROWS, ROWS + 1, 2 * ROWS)
+    out = _ingest(settings, "ingest_immunization/full", ring)
+    assert out == {**out, "read": ROWS, "loaded": ROWS - 3, "quarantined": 3, "deleted": 0, "watermark": 2 * ROWS}
+    assert _state(settings.warehouse_url) == {**reference, "watermarks": [("immunization", 2 * ROWS)]}
 
 
 # -- the keyring ---------------------------------------------------------------------------------

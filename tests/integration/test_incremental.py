@@ -3,8 +3,10 @@
 One warehouse goes through a first run on a synthetic city (ingest, link, services), review
 decisions, and changes to a few records in five sources that are ingested again: a status and a
 birth date in the registry, a newborn, an immunization record changed and one moved to another
-child (a corrected mislink), a check-up, NHI membership, an opt-out and an unreadable update of a
-subscription (the fail-safe opt-out). Then it is cloned: one copy links and serves
+child (a corrected mislink), an immunization record deleted, a check-up, NHI membership, an
+opt-out and an unreadable update of a subscription (the fail-safe opt-out). The changes are made
+in the departments' raw tables and reach the extracts through the export adapter (incremental
+exports, and a reconcile for the deletion's tombstone), as in production. Then it is cloned: one copy links and serves
 incrementally, the other fully (``full=True``). Every mart table, link_flags, the review queue
 and the notices must be equal, and the incremental run must report touching exactly the
 residents whose records changed — a small share of the city. SQLite and PostgreSQL.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -21,13 +24,13 @@ import pytest
 import sqlalchemy as sa
 
 from renkei.config import ingest_sources, load_sources
+from renkei.keys.adapter import convert_row, now_jst
 from renkei.linkage.mart import build_mart
 from renkei.outputs.outbox import run_services
-from renkei.warehouse import engine, staging_table
+from renkei.warehouse import engine, staging_deleted, staging_table
 
 AS_OF = date(2025, 6, 1)
 RESIDENTS = 1500
-STAMP = "2099-12-31T09:00:00+09:00"  # the changed rows' updated_at: after every row of the city
 RUN1, RUN2 = "ingest/first", "ingest/changes"
 # Provenance columns: which run (re)built a row, when a notice was stored. They differ by design.
 # A notice id hashes its resident's random subject key (renkei.linkage.subjects), which each copy
@@ -75,78 +78,113 @@ def _scalars(url: str, query) -> set:
     return found
 
 
-class Extracts:
-    """The departments' pseudonymized extracts (SQLite), changed the way an export job would."""
+class Departments:
+    """The departments' raw SQLite tables (plaintext, inside their boundary), changed the way
+    their own systems would: rows updated, inserted and deleted, ``updated_at`` stamped with the
+    department's clock (the real JST time). The export adapter then carries the changes out."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path)
-        self.db.row_factory = sqlite3.Row
+    def __init__(self, raw: Path, ring) -> None:
+        self.raw, self.ring, self.srcs = raw, ring, load_sources()
+        self.dbs: dict[str, sqlite3.Connection] = {}
 
-    def rows(self, source: str, where: str = "1=1", params: tuple = ()) -> list[sqlite3.Row]:
-        return self.db.execute(f'SELECT * FROM "extract_{source}" WHERE {where} ORDER BY source_row', params).fetchall()
+    def db(self, source: str) -> sqlite3.Connection:
+        if source not in self.dbs:
+            self.dbs[source] = sqlite3.connect(self.raw / f"{source}.db")
+            self.dbs[source].row_factory = sqlite3.Row
+        return self.dbs[source]
 
-    def update(self, source: str, source_row: int, **values) -> None:
-        values["updated_at"] = STAMP
+    def rows(self, source: str, where: str = "1=1", params: tuple = ()) -> list[dict]:
+        return [dict(r) for r in self.db(source).execute(
+            f'SELECT rowid AS "_rowid", * FROM "{source}" WHERE {where} ORDER BY rowid', params)]
+
+    def clean(self, source: str) -> list[tuple[dict, dict]]:
+        """(raw row, its extract row) of the rows the adapter converts without a parse error and
+        whose natural key the table holds once (no seeded defect of either kind)."""
+        src = self.srcs[source]
+        # as the adapter reads a SQL row: every value as text
+        out = [(r, convert_row(src, self.ring, {k: None if v is None else str(v) for k, v in r.items()}))
+               for r in self.rows(source)]
+        counts = Counter(x[src.key] for _, x in out)
+        return [(r, x) for r, x in out if x["parse_errors"] is None and counts[x[src.key]] == 1]
+
+    def update(self, source: str, raw: dict, **values) -> None:
+        values["updated_at"] = now_jst()
         sets = ", ".join(f'"{k}" = ?' for k in values)
-        self.db.execute(f'UPDATE "extract_{source}" SET {sets} WHERE source_row = ?', (*values.values(), source_row))
+        self.db(source).execute(f'UPDATE "{source}" SET {sets} WHERE rowid = ?', (*values.values(), raw["_rowid"]))
 
-    def add(self, source: str, row: dict) -> None:
-        row = {**row, "updated_at": STAMP, "parse_errors": None}
-        row["source_row"] = self.db.execute(f'SELECT max(source_row) + 1 FROM "extract_{source}"').fetchone()[0]
+    def add(self, source: str, raw: dict, **values) -> None:
+        row = {k: v for k, v in raw.items() if k != "_rowid"} | values | {"updated_at": now_jst()}
         cols = ", ".join(f'"{k}"' for k in row)
-        self.db.execute(f'INSERT INTO "extract_{source}" ({cols}) VALUES ({", ".join("?" * len(row))})', tuple(row.values()))
+        self.db(source).execute(f'INSERT INTO "{source}" ({cols}) VALUES ({", ".join("?" * len(row))})', tuple(row.values()))
+
+    def delete(self, source: str, raw: dict) -> None:
+        self.db(source).execute(f'DELETE FROM "{source}" WHERE rowid = ?', (raw["_rowid"],))
 
     def close(self) -> None:
-        self.db.commit()
-        self.db.close()
+        for db in self.dbs.values():
+            db.commit()
+            db.close()
 
 
-def _change_city(ex: Extracts, ring) -> dict:
-    """Change a few records in five sources; returns the keys whose ERK moves and the newborn's code."""
-    kids = ex.rows("registry", "status = 'resident' AND birth_date > ?", ((AS_OF - timedelta(days=3 * 365)).isoformat(),))
-    def imm_p(registry_pseudonym: str) -> str:  # the same resident under the health bureau's key
-        return ring.reseal("dept:ward_office", registry_pseudonym, "dept:health_bureau")
-
-    vaccinated = {r["dept_pseudonym"] for r in ex.rows("immunization")}
-    kids = [k for k in kids if k["parse_errors"] is None and imm_p(k["dept_pseudonym"]) in vaccinated]
-    assert len(kids) >= 5
-    moved_out, rebirth, donor, receiver, mislinked = kids[:5]
-    ex.update("registry", moved_out["source_row"], status="moved_out", status_date=(AS_OF - timedelta(days=3)).isoformat())
-    ex.update("registry", rebirth["source_row"], birth_date=(date.fromisoformat(rebirth["birth_date"]) - timedelta(days=40)).isoformat())
-    # A newborn (new resident code, sealed as the ward office's adapter does) with a first dose.
+def _change_city(dept: Departments) -> dict:
+    """Change a few records in five sources at the departments; returns what changed: the keys
+    whose ERK moves, the fail-safe subscription, the newborn's code, the deleted record, and the
+    changes each source's export must carry (upserts, tombstones)."""
+    cutoff = (AS_OF - timedelta(days=3 * 365)).isoformat()
+    imm_clean = dept.clean("immunization")
+    imm_of: dict[str, list[dict]] = {}
+    for raw, _ in imm_clean:
+        imm_of.setdefault(raw["resident_code"], []).append(raw)
+    # Every immunization row of a chosen child is clean, so each change below is the only one.
+    imm_rows = Counter(r["resident_code"] for r in dept.rows("immunization"))
+    kids = [(raw, x) for raw, x in dept.clean("registry")
+            if x["status"] == "resident" and x["birth_date"] > cutoff
+            and raw["resident_code"] in imm_of and len(imm_of[raw["resident_code"]]) == imm_rows[raw["resident_code"]]]
+    assert len(kids) >= 6
+    (moved_out, _), (rebirth, rebirth_x), (donor, _), (receiver, _), (mislinked, _), (erased, _) = kids[:6]
+    dept.update("registry", moved_out, status="moved_out", status_date=(AS_OF - timedelta(days=3)).isoformat())
+    dept.update("registry", rebirth, birth_date=(date.fromisoformat(rebirth_x["birth_date"]) - timedelta(days=40)).isoformat())
+    # A newborn (a new resident code) in the receiver's household, with a first dose.
     code = "99999900001"
-    newborn = dict(ex.rows("registry", "source_row = ?", (receiver["source_row"],))[0])
-    newborn.update(dept_pseudonym=ring.seal("dept:ward_office", code), birth_date=(AS_OF - timedelta(days=75)).isoformat(),
-                   status_date=(AS_OF - timedelta(days=75)).isoformat())
-    newborn.pop("source_row"), newborn.pop("updated_at"), newborn.pop("parse_errors")
-    ex.add("registry", newborn)
+    born = (AS_OF - timedelta(days=75)).isoformat()
+    dept.add("registry", receiver, resident_code=code, birth_date=born, status_date=born)
 
-    imm = ex.rows("immunization", "dept_pseudonym = ?", (imm_p(donor["dept_pseudonym"]),))
-    ex.update("immunization", imm[0]["source_row"], administered_on=(AS_OF - timedelta(days=10)).isoformat())
+    donor_imm = imm_of[donor["resident_code"]][0]
+    dept.update("immunization", donor_imm, administered_on=(AS_OF - timedelta(days=10)).isoformat())
     # A record of another child moves to `receiver` (the department corrects a mislink): nothing
     # else of that child changes, so only the record's old ERK says the child is affected.
-    wrong = ex.rows("immunization", "dept_pseudonym = ?", (imm_p(mislinked["dept_pseudonym"]),))[0]
-    moved_key = wrong["record_id"]
-    receiver_imm = ex.rows("immunization", "dept_pseudonym = ?", (imm_p(receiver["dept_pseudonym"]),))[0]
-    ex.update("immunization", wrong["source_row"], dept_pseudonym=receiver_imm["dept_pseudonym"],
-              birth_date=receiver_imm["birth_date"], sex=receiver_imm["sex"], administered_on=receiver_imm["administered_on"],
-              name_digest=receiver_imm["name_digest"], address_digest=receiver_imm["address_digest"])
-    first = dict(imm[0])
-    first.update(record_id="IMNEW000001", dept_pseudonym=ring.seal("dept:health_bureau", code),
-                 birth_date=newborn["birth_date"], vaccine_code="HEPB", dose_number=1,
-                 administered_on=(AS_OF - timedelta(days=20)).isoformat())
-    first.pop("source_row"), first.pop("updated_at"), first.pop("parse_errors")
-    ex.add("immunization", first)
+    wrong = imm_of[mislinked["resident_code"]][0]
+    receiver_imm = imm_of[receiver["resident_code"]][0]
+    dept.update("immunization", wrong, resident_code=receiver["resident_code"],
+                **{c: receiver_imm[c] for c in ("birth_date", "sex", "administered_on", "name_kana", "address")})
+    dept.add("immunization", donor_imm, record_id="IMNEW000001", resident_code=code, birth_date=born,
+             vaccine_code="HEPB", dose_number=1, administered_on=(AS_OF - timedelta(days=20)).isoformat())
+    # A record the department deletes: it reaches the pipeline as a tombstone of the reconcile.
+    gone = imm_of[erased["resident_code"]][0]
+    dept.delete("immunization", gone)
 
-    chk = ex.rows("child_health", "parse_errors IS NULL")
-    ex.update("child_health", chk[0]["source_row"], examined_on=(AS_OF - timedelta(days=2)).isoformat())
-    nhi = ex.rows("nhi", "parse_errors IS NULL AND disqualified_on IS NULL")
-    ex.update("nhi", nhi[0]["source_row"], last_checkup_on=(AS_OF - timedelta(days=5)).isoformat())
-    ex.update("nhi", nhi[1]["source_row"], disqualified_on=(AS_OF - timedelta(days=1)).isoformat())
-    subs = ex.rows("subscriptions", "parse_errors IS NULL AND opted_out_at IS NULL")
-    ex.update("subscriptions", subs[0]["source_row"], opted_out_at="2025-05-31T09:00:00+09:00")
-    ex.update("subscriptions", subs[1]["source_row"], topic="not-a-topic")  # rejected → fail-safe opt-out
-    return {"moved": {"immunization": [moved_key]}, "fail_safe": subs[1]["subscription_id"], "newborn": code}
+    chk = dept.clean("child_health")
+    dept.update("child_health", chk[0][0], examined_on=(AS_OF - timedelta(days=2)).isoformat())
+    nhi = [raw for raw, x in dept.clean("nhi") if x["disqualified_on"] is None]
+    dept.update("nhi", nhi[0], last_checkup_on=(AS_OF - timedelta(days=5)).isoformat())
+    dept.update("nhi", nhi[1], disqualified_on=(AS_OF - timedelta(days=1)).isoformat())
+    subs = [raw for raw, x in dept.clean("subscriptions") if x["opted_out_at"] is None]
+    dept.update("subscriptions", subs[0], opted_out_at="2025-05-31T09:00:00+09:00")
+    dept.update("subscriptions", subs[1], topic="not-a-topic")  # rejected → fail-safe opt-out
+    return {"moved": {"immunization": [wrong["record_id"]]}, "fail_safe": subs[1]["subscription_id"], "newborn": code,
+            "deleted": {"record_id": gone["record_id"], "code": erased["resident_code"]},
+            "upserts": {"registry": 3, "immunization": 3, "child_health": 1, "nhi": 2, "subscriptions": 2, "events": 0}}
+
+
+def _repeated_keys(raw: Path, source: str) -> int:
+    """Raw rows whose record key the table holds more than once (a reconcile exports them again)."""
+    key = load_sources()[source].key
+    db = sqlite3.connect(raw / f"{source}.db")
+    try:
+        return db.execute(f'SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM "{source}" '
+                          f'WHERE "{key}" IS NOT NULL GROUP BY "{key}" HAVING count(*) > 1)').fetchone()[0]
+    finally:
+        db.close()
 
 
 def _clone(url: str, pg_factory, tmp_path: Path) -> str:
@@ -197,15 +235,31 @@ def history(request, tmp_path_factory):
     decide(url, holds[0]["item_id"], "approved", "kensa-01", "checked", ring=ring)
     decide(url, holds[1]["item_id"], "rejected", "kensa-01", "checked", ring=ring)
 
-    ex = Extracts(base / "extracts.db")
-    assert ex.db.execute('SELECT max(updated_at) FROM "extract_registry"').fetchone()[0] < STAMP
-    changed = _change_city(ex, ring)
-    ex.close()
+    dept = Departments(base / "raw", ring)
+    changed = _change_city(dept)
+    dept.close()
+    # The departments' export jobs: an incremental export of every source carries exactly the
+    # rows that changed (SQL sources: read by updated_at from the adapter's position; a key held
+    # twice would go again only inside that window), the immunization reconcile adds the tombstone.
+    for src in ingest_sources():
+        res = pseudonymize(src, raw_location(base / "raw", src.name), extracts_url, ring)
+        assert (res.mode, res.upserts, res.deletes) == ("incremental", changed["upserts"][src.name], 0), src.name
+    imm_src = load_sources()["immunization"]
+    rec = pseudonymize(imm_src, raw_location(base / "raw", "immunization"), extracts_url, ring, mode="reconcile")
+    # the reconcile reads every row: the one deleted record becomes a tombstone, and the record
+    # ids the department holds twice go again (both copies), as in every full read
+    assert (rec.deletes, rec.upserts) == (1, _repeated_keys(base / "raw", "immunization"))
     srcs = load_sources()
     imm = staging_table(srcs["immunization"])
     old_erks = _scalars(url, sa.select(imm.c.erk).where(imm.c.record_id.in_(changed["moved"]["immunization"])))
     before = _tables(url)
     _ingest(settings, ring, RUN2)
+    gone = changed["deleted"]
+    retired = _scalars(url, sa.select(staging_deleted.c.erk).where(
+        staging_deleted.c.source == "immunization", staging_deleted.c.record_key == gone["record_id"],
+        staging_deleted.c.deleted_run_id == RUN2))
+    assert retired == {ring.seal("link", gone["code"])}, "the tombstone retired the staged record"
+    assert not _scalars(url, sa.select(imm.c.record_id).where(imm.c.record_id == gone["record_id"]))
     now = _scalars(url, sa.select(imm.c.erk).where(imm.c.record_id.in_(changed["moved"]["immunization"])))
     assert now and not now & old_erks, "the corrected record now belongs to another child"
     return {"url": url, "ring": ring, "changed": changed, "old_erks": old_erks, "before": before,
@@ -233,6 +287,8 @@ def _expected_touched(h: dict) -> set[str]:
         if src.personal:
             st = staging_table(src)
             touched |= _scalars(url, sa.select(st.c.erk).where(st.c.loaded_run_id == RUN2))
+    # the resident whose record the department deleted (its other records are unchanged)
+    touched |= _scalars(url, sa.select(staging_deleted.c.erk).where(staging_deleted.c.deleted_run_id == RUN2))
     from renkei.warehouse import quarantine
 
     sub = staging_table(load_sources()["subscriptions"])

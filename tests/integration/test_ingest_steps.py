@@ -89,24 +89,55 @@ def test_bad_rows_are_quarantined_with_reasons_and_counts_conserve(settings, tmp
     assert landing_left == 0
 
 
+def _runs(url: str) -> dict[str, tuple]:
+    eng = sa.create_engine(url)
+    with eng.connect() as conn:
+        got = {r[0]: tuple(r[1:]) for r in conn.execute(sa.text(
+            "SELECT run_id, read, loaded, quarantined, deleted, watermark_from, watermark_to FROM ingest_runs"))}
+    eng.dispose()
+    return got
+
+
+def _ingest(source, run: str, settings, ring) -> dict:
+    extract(source, run, settings)
+    validate(source, run, settings)
+    return load(source, run, ring, settings)
+
+
 def test_rerun_reads_only_changes_and_is_idempotent(settings, tmp_path, ring):
     rows = [_imm_row(i) for i in range(10)]
     src = _write(tmp_path / "imm.csv", rows)
-    pseudonymize(IMM, str(src), settings.extracts_url, ring)
-    for step in (extract, validate):
-        step(IMM, "r1", settings)
-    load(IMM, "r1", ring, settings)
+    assert pseudonymize(IMM, str(src), settings.extracts_url, ring).last_seq == 10  # change_seq 1..10
+    first = extract(IMM, "r1", settings)
+    assert (first["read"], first["watermark_from"], first["watermark_to"]) == (10, None, 10)
+    validate(IMM, "r1", settings)
+    assert load(IMM, "r1", ring, settings)["watermark"] == 10
+    # The department adds a row (stamped later) and corrects another (stamped EARLIER than the
+    # watermark rows: a department clock is no position): the export writes exactly those two.
     rows.append(_imm_row(10, updated_at="2025-05-02T09:00:00+09:00"))
-    pseudonymize(IMM, str(_write(src, rows)), settings.extracts_url, ring)
+    rows[3] = _imm_row(3, administered_on="2024-06-11", updated_at="2025-04-01T09:00:00+09:00")
+    res = pseudonymize(IMM, str(_write(src, rows)), settings.extracts_url, ring)
+    assert (res.written, res.upserts, res.first_seq, res.last_seq) == (2, 2, 11, 12)
     got = extract(IMM, "r2", settings)
-    # `>=` on the watermark: the boundary rows are re-read (and upsert to the same state).
-    assert got["read"] == 11 and got["watermark_to"] == "2025-05-02T09:00:00+09:00"
+    # Only the changes after change_seq 10 are read: no boundary row is read again.
+    assert (got["read"], got["watermark_from"], got["watermark_to"]) == (2, 10, 12)
     validate(IMM, "r2", settings)
-    load(IMM, "r2", ring, settings)
-    assert extract(IMM, "r3", settings)["read"] == 1
+    out = load(IMM, "r2", ring, settings)
+    assert out == {**out, "read": 2, "loaded": 2, "quarantined": 0, "deleted": 0, "watermark": 12}
+    again = extract(IMM, "r3", settings)
+    assert (again["read"], again["watermark_from"], again["watermark_to"]) == (0, 12, 12)
     validate(IMM, "r3", settings)
-    load(IMM, "r3", ring, settings)
+    out = load(IMM, "r3", ring, settings)
+    assert out == {**out, "read": 0, "loaded": 0, "quarantined": 0, "deleted": 0, "watermark": 12}
     assert _count(settings.warehouse_url, "staging_immunization") == 11
+    eng = sa.create_engine(settings.warehouse_url)
+    with eng.connect() as conn:
+        fixed = conn.execute(sa.text("SELECT administered_on FROM staging_immunization WHERE record_id='IM00003'")).scalar_one()
+        wm = conn.execute(sa.text("SELECT change_seq FROM watermarks WHERE source='immunization'")).scalar_one()
+    eng.dispose()
+    assert str(fixed) == "2024-06-11" and wm == 12
+    assert _runs(settings.warehouse_url) == {"r1": (10, 10, 0, 0, None, 10), "r2": (2, 2, 0, 0, 10, 12),
+                                             "r3": (0, 0, 0, 0, 12, 12)}
 
 
 def test_failure_above_the_limit_loads_nothing(settings, tmp_path, ring):
@@ -144,19 +175,35 @@ def test_one_typo_in_a_small_batch_does_not_block_the_source(settings, tmp_path,
 
 
 def test_known_failures_reread_every_run_do_not_halt_the_next_run(settings, tmp_path, ring):
-    # Rows without a timestamp cannot be placed after a watermark, so every run re-reads them;
-    # they are already quarantined and must not count as a new problem.
-    rows = [_imm_row(i) for i in range(300)] + [_imm_row(300 + i, updated_at="") for i in range(12)]
-    src = _write(tmp_path / "imm.csv", rows)
-    pseudonymize(IMM, str(src), settings.extracts_url, ring)
+    # A record id the department holds twice is exported (both copies) by every export, so
+    # every run reads those rows again; they are already quarantined and must not count as a new
+    # problem. 12 such rows alone would halt the run (12 >= min_failures_to_halt, 100% failing).
+    # Rows without a timestamp are exported once; a full re-export sends them (and all) again.
+    good = [_imm_row(i) for i in range(600)]
+    no_ts = [_imm_row(600 + i, updated_at="") for i in range(12)]
+    twice = [_imm_row(700 + i // 2, administered_on=f"2024-06-{10 + i % 2}") for i in range(12)]  # 6 ids, 2 rows each
+    src = _write(tmp_path / "imm.csv", good + no_ts + twice)
+    assert pseudonymize(IMM, str(src), settings.extracts_url, ring).written == 624
     extract(IMM, "k1", settings)
-    validate(IMM, "k1", settings)
-    assert load(IMM, "k1", ring, settings)["quarantined"] == 12
-    extract(IMM, "k2", settings)  # re-reads the 12 (and the boundary rows)
-    out = validate(IMM, "k2", settings)
+    assert validate(IMM, "k1", settings)["failed"] == 24  # 24 of 624 (3.8%): below the limit
+    assert load(IMM, "k1", ring, settings)["quarantined"] == 24
+    res = pseudonymize(IMM, str(src), settings.extracts_url, ring)  # nothing changed at the department
+    assert (res.written, res.unchanged) == (12, 612)  # only the 12 copies of the 6 repeated ids
+    assert extract(IMM, "k2", settings)["read"] == 12
+    out = validate(IMM, "k2", settings)  # would raise ValidationFailed were they counted as new
     assert out["failed"] == 12 and out["already_quarantined"] == 12
-    assert load(IMM, "k2", ring, settings)["quarantined"] == 12
-    assert _count(settings.warehouse_url, "quarantine") == 12
+    loaded = load(IMM, "k2", ring, settings)
+    assert loaded == {**loaded, "read": 12, "loaded": 0, "quarantined": 12, "deleted": 0, "watermark": 636}
+    assert _count(settings.warehouse_url, "quarantine") == 24
+    full = pseudonymize(IMM, str(src), settings.extracts_url, ring, mode="full")
+    assert (full.written, full.first_seq, full.last_seq) == (624, 637, 1260)
+    extract(IMM, "k3", settings)
+    out = validate(IMM, "k3", settings)
+    assert out["failed"] == 24 and out["already_quarantined"] == 24
+    loaded = load(IMM, "k3", ring, settings)
+    assert (loaded["loaded"], loaded["quarantined"], loaded["watermark"]) == (600, 24, 1260)
+    assert _count(settings.warehouse_url, "quarantine") == 24
+    assert _count(settings.warehouse_url, "staging_immunization") == 600
 
 
 def test_a_rejected_update_of_a_subscription_counts_as_an_opt_out(settings, tmp_path, ring):
@@ -250,7 +297,7 @@ def test_a_suite_changed_after_the_extract_runs_again_at_validate(settings, tmp_
 
 def test_extracts_in_postgresql_are_read_in_chunks_since_the_watermark(tmp_path, ring, pg_factory):
     # The extracts database may be a department's PostgreSQL: rows come through a server-side
-    # cursor, chunk by chunk, and the watermark filter is applied there.
+    # cursor, chunk by chunk, and the change_seq filter is applied there.
     settings = Settings(warehouse_url=f"sqlite:///{tmp_path / 'wh.db'}", extracts_url=pg_factory(),
                         config_dir=Settings.from_env().config_dir, expectations_dir=Settings.from_env().expectations_dir)
     src = replace(IMM, validate_chunk_rows=7)
@@ -259,12 +306,25 @@ def test_extracts_in_postgresql_are_read_in_chunks_since_the_watermark(tmp_path,
     path = _write(tmp_path / "imm.csv", rows)
     pseudonymize(src, str(path), settings.extracts_url, ring)
     first = extract(src, "p1", settings)
-    assert (first["read"], first["failed"]) == (30, 1)
+    assert (first["read"], first["failed"], first["watermark_to"]) == (30, 1, 30)
     validate(src, "p1", settings)
     assert load(src, "p1", ring, settings)["loaded"] == 29
+    # 10 corrected rows and a new one: 11 changes (change_seq 31..41), two chunks of 7 and one of 4
+    # after the watermark; row 4 still fails and is not exported again (unchanged).
+    for i in range(10, 20):
+        rows[i]["administered_on"] = "2024-06-12"
     rows.append(_imm_row(30, updated_at="2025-05-02T09:00:00+09:00"))
-    pseudonymize(src, str(_write(path, rows)), settings.extracts_url, ring)
-    extract(src, "p2", settings)
+    res = pseudonymize(src, str(_write(path, rows)), settings.extracts_url, ring)
+    assert (res.written, res.first_seq, res.last_seq) == (11, 31, 41)
+    second = extract(src, "p2", settings)
+    assert (second["read"], second["failed"], second["watermark_from"], second["watermark_to"]) == (11, 0, 30, 41)
     validate(src, "p2", settings)
-    load(src, "p2", ring, settings)
-    assert extract(src, "p3", settings)["read"] == 1  # only the row at the watermark
+    assert load(src, "p2", ring, settings)["loaded"] == 11
+    third = extract(src, "p3", settings)
+    assert (third["read"], third["watermark_from"], third["watermark_to"]) == (0, 41, 41)
+    assert _count(settings.warehouse_url, "staging_immunization") == 30
+    eng = sa.create_engine(settings.warehouse_url)
+    with eng.connect() as conn:
+        dates = dict(conn.execute(sa.text("SELECT record_id, administered_on FROM staging_immunization")).all())
+    eng.dispose()
+    assert sorted(k for k, v in dates.items() if str(v) == "2024-06-12") == [f"IM{i:05d}" for i in range(10, 20)]

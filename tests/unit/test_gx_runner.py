@@ -144,7 +144,8 @@ def test_bad_date_format():
 
 
 def test_bad_timestamp_format():
-    # offset other than the canonical +09:00 breaks string ordering of watermarks
+    # an offset other than the canonical +09:00 breaks the string ordering that the future-stamp
+    # check (updated_at after the export time) and the adapter's change-column position rely on
     assert failures_of("events", updated_at={101: "2025-04-01T00:30:00Z"}) == {101: [RowFailure(REGEX, "updated_at")]}
 
 

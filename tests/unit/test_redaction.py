@@ -26,6 +26,9 @@ def test_masks_personal_data(text, expected):
 
 @pytest.mark.parametrize("text", [
     "load immunization: 115 loaded, 5 quarantined, watermark 2025-05-01T09:00:00+09:00",
+    "load immunization: 115 loaded (2 staged rows retired by tombstones), 5 quarantined (117 pseudonyms converted "
+    "in 0.1s), watermark change_seq 1260",
+    "extract immunization: 12 changes after change_seq 1248 (1 tombstones), 0 failing its suite (0.0s in the suite)",
     "erk v1.AbC12345678901xYz and notice 0000000000000000000000000000000a",  # tokens and ids stay
     "run 1234567890 and 123456789012",  # 10 and 12 digits are not resident codes
     "ward 401064 小倉 at 令和5年8月22日",  # short kanji words and era dates stay
