@@ -449,6 +449,26 @@ def test_a_key_held_twice_is_exported_twice_every_time(sql, csv_raw, ring):
         assert [r["record_id"] for r in log(surl, after=res.first_seq - 1)] == ["IM00001", "IM00001"]
 
 
+def test_one_changed_copy_of_a_key_held_twice_waits_for_the_reconcile(sql, ring):
+    # Both copies stamped long before the window; the department edits one of them. The
+    # incremental read sees that copy alone: exported, it would load as the record. It waits, and
+    # the reconcile sends both copies (validation then quarantines them together).
+    sraw_of, surl = sql
+    sraw = sraw_of()
+    sraw.create([imm_row(i) for i in range(N)] + [imm_row(1, administered_on="2024-07-01")])
+    assert counts(export(sraw, surl, ring))[:5] == ("full", N + 1, N + 1, N + 1, 0)
+    sraw.update("IM00003", updated_at=P)  # an ordinary edit in the window, for contrast
+    t = sraw.table
+    with sraw.eng.begin() as conn:  # the second copy only
+        assert conn.execute(t.update().where(t.c.record_id == "IM00001", t.c.administered_on == "2024-07-01")
+                            .values(sraw._values({"dose_number": "2", "updated_at": P}))).rowcount == 1
+    res = export(sraw, surl, ring, 1)
+    assert (res.upserts, res.deletes) == (1, 0)
+    assert [r["record_id"] for r in log(surl, after=res.first_seq - 1)] == ["IM00003"]
+    res = export(sraw, surl, ring, 2, mode="reconcile")
+    assert [r["record_id"] for r in log(surl, after=res.first_seq - 1)] == ["IM00001", "IM00001"]
+
+
 # -- full --------------------------------------------------------------------------------------
 
 
