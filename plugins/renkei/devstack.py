@@ -1,10 +1,12 @@
 """A whole Renkei system on one machine, for end-to-end tests and the latency benchmark.
 
-`DevStack.launch()` prepares a synthetic city (raw tables, keyring, first extracts), a config
-copy whose Redis keys carry a unique tag, the Airflow metadata and warehouse databases it is
-given, and starts the scheduler, dag-processor, triggerer and api-server as separate processes
-(LocalExecutor). Its methods act as a department would (register a birth, run the export
-adapter, publish the change event) and observe the outputs (outbox, notices stream).
+`DevStack.launch()` prepares a synthetic city (raw tables, keyring, first extracts — or copies a
+city prepared once by :func:`prepare_city`), a config copy whose Redis keys carry a unique tag,
+the Airflow metadata and warehouse databases it is given, and starts the scheduler,
+dag-processor, triggerer and api-server as separate processes (LocalExecutor). Its methods act
+as a department would (register a birth, record a dose, an opt-out, delete a record; run the
+export adapter and publish the change event), each stamping ``updated_at`` with the real JST
+time, and observe the outputs (outbox, notice lifecycle, notices stream).
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from renkei.settings import REPO_ROOT
 
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 REDIS_URL = "redis://127.0.0.1:6379/0"
+CITY_FILE = "city.json"  # what prepare_city made: residents, seed, as_of, seconds per step
+
+
+# Airflow settings for event latency. An idle scheduler loop sleeps scheduler_idle_sleep_time
+# (default 1 s) before it looks again, so each hand-over from one task to the next, and from an
+# asset event to the DAG run it triggers, waited up to a second: eight hand-overs lie between a
+# change and its notice. 0.2 s costs the idle scheduler a few more metadata queries a second.
+LATENCY_SETTINGS = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2"}
 
 
 def tokyo_today() -> date:
@@ -62,6 +72,59 @@ def components_env(port: int) -> dict[str, str]:
     }
 
 
+def _quiet(_line: str) -> None:
+    pass
+
+
+def prepare_city(city: Path, residents: int, seed: int = 5, say: Callable[[str], None] = _quiet) -> dict:
+    """The department side of a synthetic city under ``city``: raw tables (``raw/``), a keyring
+    and the first (full) exports of every source (``extracts.db``, with the adapters' state).
+
+    Steps already done (``city.json`` present) are skipped, so a large city is made once and
+    copied by :meth:`DevStack.launch`; returns the contents of ``city.json``.
+    """
+    from renkei.config import ingest_sources
+    from renkei.keys.adapter import pseudonymize, raw_location
+    from renkei.keys.ring import KeyRing
+    from renkei.synth import generate
+
+    city = Path(city)
+    marker = city / CITY_FILE
+    if marker.exists():
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        if info.get("residents") != residents or info.get("seed") != seed:
+            raise ValueError(f"{city} holds a city of {info.get('residents')} residents (seed {info.get('seed')}), "
+                             f"not {residents} (seed {seed}): choose another directory")
+        return info
+    city.mkdir(parents=True, exist_ok=True)
+    for stale in ("raw", "extracts.db", "keyring.json"):
+        path = city / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    as_of = tokyo_today()
+    t = time.monotonic()
+    generate(residents, seed, as_of, city / "raw", defect_rate=0.0,
+             progress=(lambda m: say(f"  synth: {m}")) if residents >= 100_000 else None)
+    synth_s = time.monotonic() - t
+    say(f"city: {residents:,} residents generated in {synth_s:.1f}s")
+    ring = KeyRing.load(KeyRing.generate().save(city / "keyring.json"))
+    extracts = f"sqlite:///{city / 'extracts.db'}"
+    exports: dict[str, float] = {}
+    for src in ingest_sources():  # the departments' first extracts
+        t = time.monotonic()
+        res = pseudonymize(src, raw_location(city / "raw", src.name), extracts, ring,
+                           progress=(lambda m: say(f"  export: {m}")) if residents >= 100_000 else None,
+                           batch_rows=50000)
+        exports[src.name] = round(time.monotonic() - t, 1)
+        say(f"first export of {src.name}: {res.written:,} rows in {exports[src.name]:.1f}s")
+    info = {"residents": residents, "seed": seed, "as_of": as_of.isoformat(), "synth_s": round(synth_s, 1),
+            "first_export_s": exports}
+    marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
 class DevStack:
     """The running system and the department-side actions on it."""
 
@@ -70,58 +133,72 @@ class DevStack:
         self.warehouse, self.extracts, self.tag = warehouse, extracts, tag
         self.procs: dict[str, subprocess.Popen] = {}
         self._births = 0
+        self._eng: sa.Engine | None = None
 
     @classmethod
     def launch(cls, base: Path, warehouse: str, airflow_db: str, residents: int = 300, seed: int = 5,
-               sweep_cron: str = "0 3 * * *") -> "DevStack":
+               sweep_cron: str = "0 3 * * *", city: Path | None = None, env: dict[str, str] | None = None,
+               say: Callable[[str], None] = _quiet) -> "DevStack":
         """Prepare everything under ``base`` and start the four Airflow components.
 
         The sweep runs daily at 03:00 by default here, so that what reaches the outbox was
-        carried by change events, not picked up by a sweep.
+        carried by change events, not picked up by a sweep. ``city``: a directory made by
+        :func:`prepare_city` (made there first if it is not yet) whose raw tables, keyring and
+        first extracts are copied instead of generating them under ``base`` — a city of a
+        million residents takes minutes to make. ``env``: extra settings for the components.
         """
         import yaml
 
-        from renkei.config import ingest_sources
-        from renkei.keys.adapter import pseudonymize, raw_location
         from renkei.keys.ring import KeyRing
         from renkei.runner import airflow_env
-        from renkei.synth import generate
         from renkei.warehouse import engine, ensure_schema
 
+        base = Path(base)
         tag = uuid.uuid4().hex[:8]
         cfg_dir = base / "config"
         shutil.copytree(REPO_ROOT / "config", cfg_dir)
         channels = yaml.safe_load((cfg_dir / "channels.yaml").read_text(encoding="utf-8"))
         channels["redis_stream"]["stream_prefix"] = f"renkei-dev-{tag}:changes:"
         channels.setdefault("notices", {})["stream"] = f"renkei-dev-{tag}:notices"
-        (cfg_dir / "channels.yaml").write_text(yaml.safe_dump(channels, allow_unicode=True), encoding="utf-8")
+        (cfg_dir / "channels.yaml").write_text(yaml.safe_dump(channels, allow_unicode=True, sort_keys=False), encoding="utf-8")
         sources = yaml.safe_load((cfg_dir / "sources.yaml").read_text(encoding="utf-8"))
         sources["defaults"]["sweep_cron"] = sweep_cron
-        (cfg_dir / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True), encoding="utf-8")
+        (cfg_dir / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        if city is None:
+            prepare_city(base, residents, seed, say)
+        else:
+            prepare_city(Path(city), residents, seed, say)
+            t = time.monotonic()
+            shutil.copytree(Path(city) / "raw", base / "raw")
+            for path in Path(city).iterdir():  # extracts.db (and a WAL, if one was left), keyring, city.json
+                if path.is_file() and path.name.startswith(("extracts.db", "keyring.json", CITY_FILE)):
+                    shutil.copy2(path, base / path.name)
+            say(f"city copied from {city} in {time.monotonic() - t:.1f}s")
         raw = base / "raw"
-        generate(residents, seed, tokyo_today(), raw, defect_rate=0.0)
-        ring_path = KeyRing.generate().save(base / "keyring.json")
+        ring_path = base / "keyring.json"
         ring = KeyRing.load(ring_path)
         eng = engine(warehouse)
         ensure_schema(eng)
         eng.dispose()
         extracts = f"sqlite:///{base / 'extracts.db'}"
-        env = airflow_env(base / "work", warehouse, extracts, ring_path)
+        run_env = airflow_env(base / "work", warehouse, extracts, ring_path)
         port = free_port()
-        env.update({
+        run_env.update({
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            **LATENCY_SETTINGS,
             **components_env(port),
             "RENKEI_CONFIG_DIR": str(cfg_dir),
             "RENKEI_CHANNEL_KIND": "redis_stream",
             "RENKEI_RAW_DIR": str(raw),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            **(env or {}),
         })
-        subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-        for src in ingest_sources():  # the departments' first extracts
-            pseudonymize(src, raw_location(raw, src.name), extracts, ring)
-        stack = cls(base, env, cfg_dir, raw, ring, warehouse, extracts, tag)
+        t = time.monotonic()
+        subprocess.run(["airflow", "db", "migrate"], env=run_env, check=True, capture_output=True)
+        say(f"airflow db migrate: {time.monotonic() - t:.1f}s")
+        stack = cls(base, run_env, cfg_dir, raw, ring, warehouse, extracts, tag)
         for name in COMPONENTS:
             stack.start(name)
         return stack
@@ -146,28 +223,87 @@ class DevStack:
 
         for name in list(self.procs):
             self.stop(name)
+        if self._eng is not None:
+            self._eng.dispose()
+            self._eng = None
         r = redis.Redis.from_url(REDIS_URL)
         for key in r.scan_iter(f"renkei-dev-{self.tag}:*"):
             r.delete(key)
         r.close()
 
     # -- department side ----------------------------------------------------------------
+    def _raw_write(self, source: str, sql: str, params: tuple) -> int:
+        con = sqlite3.connect(self.raw / f"{source}.db", timeout=30)
+        try:
+            n = con.execute(sql, params).rowcount
+            con.commit()
+        finally:
+            con.close()
+        return n
+
+    def _raw_row(self, source: str, where: str, params: tuple) -> dict | None:
+        con = sqlite3.connect(self.raw / f"{source}.db", timeout=30)
+        con.row_factory = sqlite3.Row
+        try:
+            row = con.execute(f'SELECT * FROM "{source}" WHERE {where} LIMIT 1', params).fetchone()
+        finally:
+            con.close()
+        return dict(row) if row is not None else None
+
     def add_birth(self) -> str:
         """A child born 70 days ago is registered; returns the new (synthetic) resident code."""
         self._births += 1
         code = f"9{uuid.uuid4().int % 10**10:010d}"
         born = tokyo_today() - timedelta(days=70)
-        stamp = now_jst_text()
-        con = sqlite3.connect(self.raw / "registry.db")
-        con.execute(
+        self._raw_write(
+            "registry",
             "INSERT INTO registry (resident_code, name_kana, name_kanji, birth_date, sex, ward_code, address, "
             "household_code, status, status_date, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (code, "シンセイ ジ", "新生 児", born.isoformat(), 1, "401064", "北九州市小倉北区城内1番1号",
-             f"HDEV{self.tag}{self._births}", "resident", born.isoformat(), stamp),
+             f"HDEV{self.tag}{self._births}", "resident", born.isoformat(), now_jst_text()),
         )
-        con.commit()
-        con.close()
         return code
+
+    def add_dose(self, code: str, vaccine_code: str = "HEPB", dose_number: int = 1,
+                 administered_on: date | None = None) -> str:
+        """The immunization register records a dose for resident ``code`` (its copy of the basic
+        attributes taken from the registry row, as the health bureau's own record would match);
+        returns the new record_id. Default: hepatitis B dose 1 given 42 days ago, which makes
+        dose 2 due today (its interval is 28 days) — a newborn of :meth:`add_birth` qualifies."""
+        reg = self._raw_row("registry", "resident_code = ?", (code,))
+        if reg is None:
+            raise ValueError(f"resident {code} is not in the raw registry")
+        record_id = f"IDEV{uuid.uuid4().hex[:12]}"
+        given = administered_on or (tokyo_today() - timedelta(days=42))
+        self._raw_write(
+            "immunization",
+            "INSERT INTO immunization (record_id, resident_code, name_kana, birth_date, sex, address, vaccine_code, "
+            "dose_number, administered_on, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (record_id, code, reg["name_kana"], reg["birth_date"], reg["sex"], reg["address"], vaccine_code,
+             dose_number, given.isoformat(), now_jst_text()),
+        )
+        return record_id
+
+    def opt_out(self, subscription_id: str) -> None:
+        """The resident opts out of a city-app subscription: opted_out_at and updated_at now."""
+        stamp = now_jst_text()
+        n = self._raw_write("subscriptions", "UPDATE subscriptions SET opted_out_at = ?, updated_at = ? "
+                            "WHERE subscription_id = ?", (stamp, stamp, subscription_id))
+        if n != 1:
+            raise ValueError(f"subscription {subscription_id}: {n} raw rows updated, expected 1")
+
+    def delete_record(self, source: str, key: str) -> None:
+        """The department deletes a record (its raw row) by its natural key: ``resident_code``
+        for the sources keyed by pseudonym, else the source's key. An incremental export cannot
+        see a deletion: the adapter writes its tombstone on reconcile
+        (``export_and_publish(source, mode="reconcile")``)."""
+        from renkei.config import load_sources
+
+        src = load_sources()[source]
+        column = "resident_code" if src.key == "dept_pseudonym" else src.key
+        n = self._raw_write(source, f'DELETE FROM "{source}" WHERE "{column}" = ?', (key,))
+        if n != 1:
+            raise ValueError(f"{source} {column}={key}: {n} raw rows deleted, expected 1")
 
     def export_and_publish(self, source: str = "registry", times: int = 1, mode: str = "incremental"):
         """Run the export adapter for ``source`` and, when it wrote changes, publish its change
@@ -186,34 +322,119 @@ class DevStack:
             publish(event, load_channel(self.cfg_dir))
         return res
 
+    def announce(self, source: str) -> int | None:
+        """Publish a change event for the extract as it stands (as `renkei emit` does): wakes the
+        source's ingest, which reads everything after its watermark; returns the change_seq
+        announced (None: the extract holds no change yet)."""
+        from renkei.config import load_sources
+        from renkei.events import ChangeEvent, publish
+        from renkei.events.channel import load_channel
+        from renkei.warehouse import engine, extract_table
+
+        table = extract_table(load_sources()[source], sa.MetaData())
+        eng = engine(self.extracts)
+        try:
+            with eng.connect() as conn:
+                last = conn.execute(sa.select(sa.func.max(table.c.change_seq))).scalar()
+        finally:
+            eng.dispose()
+        if last is None:
+            return None
+        publish(ChangeEvent(source=source, change_seq=int(last), row_count=0), load_channel(self.cfg_dir))
+        return int(last)
+
     # -- observations -------------------------------------------------------------------
+    def _warehouse(self) -> sa.Engine:
+        if self._eng is None:
+            self._eng = sa.create_engine(self.warehouse, pool_size=1, max_overflow=1)
+        return self._eng
+
+    def erk(self, code: str) -> str:
+        return self.ring.seal("link", code)
+
     def notices_for(self, code: str) -> set[str]:
-        erk = self.ring.seal("link", code)
-        eng = sa.create_engine(self.warehouse)
-        with eng.connect() as conn:
-            ids = set(conn.execute(sa.text("SELECT notice_id FROM notices WHERE erk = :e"), {"e": erk}).scalars())
-        eng.dispose()
-        return ids
+        with self._warehouse().connect() as conn:
+            return set(conn.execute(sa.text("SELECT notice_id FROM notices WHERE erk = :e"), {"e": self.erk(code)}).scalars())
 
-    def stream_notice_ids(self) -> list[str]:
-        import redis
+    def notice_states(self, notice_ids: set[str] | list[str]) -> list[dict]:
+        """The lifecycle rows (``notice_events``) of these notices, oldest first ([] while the
+        warehouse has no such table)."""
+        if not notice_ids:
+            return []
+        with self._warehouse().connect() as conn:
+            if not sa.inspect(conn).has_table("notice_events"):
+                return []
+            t = sa.Table("notice_events", sa.MetaData(), autoload_with=conn)
+            rows = conn.execute(sa.select(t).where(t.c.notice_id.in_(sorted(notice_ids))).order_by(t.c.seq))
+            return [dict(r._mapping) for r in rows]
 
+    def has_lifecycle(self) -> bool:
+        """The warehouse keeps the notice lifecycle (table ``notice_events``)."""
+        with self._warehouse().connect() as conn:
+            return sa.inspect(conn).has_table("notice_events")
+
+    def notice_stream_key(self) -> str:
         from renkei.outputs.stream import load_notice_stream
 
+        return load_notice_stream(self.cfg_dir).stream
+
+    def stream_notice_ids(self) -> list[str]:
+        """Every notice id on the notices stream, in order (reads the whole stream: small
+        stacks; :meth:`stream_watch` follows a large one)."""
+        import redis
+
         r = redis.Redis.from_url(REDIS_URL)
-        key = load_notice_stream(self.cfg_dir).stream
-        out = [json.loads(f[b"data"])["notice_id"] for _, f in r.xrange(key)]
+        out = [json.loads(f[b"data"]).get("notice_id") for _, f in r.xrange(self.notice_stream_key())]
         r.close()
         return out
 
-    def wait_for(self, what: str, check: Callable[[], bool], bound: float, poll: float = 2.0) -> float:
-        """Seconds until ``check()`` holds; raises TimeoutError after ``bound`` or if a component died."""
-        started = time.monotonic()
+    def stream_watch(self) -> "StreamWatch":
+        """Follows the notices stream from its current end (only what is published from now on)."""
+        return StreamWatch(self.notice_stream_key())
+
+    def wait_for(self, what: str, check: Callable[[], bool], bound: float, poll: float = 2.0,
+                 progress: Callable[[], str | None] | None = None, every: float = 30.0,
+                 say: Callable[[str], None] = _quiet) -> float:
+        """Seconds until ``check()`` holds; raises TimeoutError after ``bound`` or if a component
+        died. ``progress()``, when given, is reported through ``say`` every ``every`` seconds."""
+        started = last = time.monotonic()
         while time.monotonic() - started < bound:
             if check():
                 return time.monotonic() - started
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"components died: {dead}; see {self.base}/*.log")
+            if progress is not None and time.monotonic() - last >= every:
+                last = time.monotonic()
+                line = progress()
+                if line:
+                    say(f"  {what}, {last - started:.0f}s: {line}")
             time.sleep(poll)
         raise TimeoutError(f"{what} did not happen within {bound}s; logs in {self.base}")
+
+
+class StreamWatch:
+    """Reads the notices stream incrementally: each :meth:`poll` returns the messages added
+    since the previous one as (stream id, arrival in Unix seconds by the Redis server's clock —
+    the id's millisecond part —, the decoded message)."""
+
+    def __init__(self, key: str) -> None:
+        import redis
+
+        self.key = key
+        self.r = redis.Redis.from_url(REDIS_URL)
+        last = self.r.xrevrange(key, count=1)
+        self.last = last[0][0].decode() if last else "0-0"
+
+    def poll(self, count: int = 10000) -> list[tuple[str, float, dict]]:
+        out = []
+        while True:
+            got = self.r.xread({self.key: self.last}, count=count)
+            if not got:
+                return out
+            for sid, fields in got[0][1]:
+                self.last = sid.decode()
+                out.append((self.last, int(self.last.split("-")[0]) / 1000, json.loads(fields[b"data"])))
+
+    def close(self) -> None:
+        self.r.close()

@@ -20,23 +20,28 @@ from renkei.warehouse import mart_residents, subjects
 SUBJECT_KEY_BYTES = 16  # 32 hex characters
 
 
-def assign_subjects(conn: sa.Connection, run_id: str) -> int:
+def assign_subjects(conn: sa.Connection, run_id: str, among: sa.Select | None = None) -> int:
     """Give every mart ERK that has no subject key a new one; returns how many.
+
+    ``among`` (a SELECT of ERKs) limits the check to those mart rows: an incremental link
+    build passes the ERKs it rebuilt, the only ones that can be new to the mart (comparing the
+    whole mart with ``subjects`` is a pass over a million rows of each at city scale).
 
     PostgreSQL draws the keys itself (``gen_random_uuid``: 122 random bits from the server's
     strong random source, as 32 hex characters) in one INSERT … SELECT, and a first fill builds
     the table's keys after the insert; other engines draw them with ``secrets``.
     """
     has = sa.select(subjects.c.erk).where(subjects.c.erk == mart_residents.c.erk).exists()
+    missing = sa.and_(~has, sa.true() if among is None else mart_residents.c.erk.in_(among))
     if conn.dialect.name == "postgresql":
         key = sa.func.replace(sa.cast(sa.func.gen_random_uuid(), sa.Text), "-", "")
         insert = sa.insert(subjects).from_select(
             ["erk", "subject_key", "first_run_id"],
-            sa.select(mart_residents.c.erk, key, sa.literal(run_id, sa.String(250))).where(~has))
+            sa.select(mart_residents.c.erk, key, sa.literal(run_id, sa.String(250))).where(missing))
         empty = conn.execute(sa.select(subjects.c.erk).limit(1)).first() is None
         with refilled(conn, [subjects]) if empty else nullcontext():  # empty: keys built after, in one sorted pass
             return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
-    new = list(conn.execute(sa.select(mart_residents.c.erk).where(~has)).scalars())
+    new = list(conn.execute(sa.select(mart_residents.c.erk).where(missing)).scalars())
     rows = [(erk, secrets.token_hex(SUBJECT_KEY_BYTES), run_id) for erk in new]
     return insert_rows(conn, subjects, ["erk", "subject_key", "first_run_id"], rows)
 
