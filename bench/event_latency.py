@@ -27,14 +27,19 @@ reconcile export of the registry at this city size (``reconcile_registry_s``; no
 per-DAG and per-task median durations from the Airflow metadata (runs of the measured window),
 and the machine's load average.
 
+Each event's ``timeline`` lists its DAG runs' tasks and asset events in seconds after the change;
+``stages_median_s`` sums them up as export → trigger → ingest → link → services → relay.
+
 ``--work DIR`` keeps the prepared city (DIR/city: raw tables, keyring, first extracts) and,
 after the run, a snapshot of the warmed-up system (DIR/snapshot: raw tables and extracts as the
 run left them, and the warehouse as PostgreSQL template database ``renkei_evsnap_<residents>``);
 ``--reuse`` starts from that snapshot (the warehouse cloned from the template), so a 1M-resident
-warm-up is one incremental link instead of the whole city through Airflow. Results go to
-bench/results/event_latency_<residents>.json; a run at 1,000,000 residents or more also writes
-bench/results/event_latency.json (the city-scale figure, with the 300-resident one beside it
-under ``small_city`` when that file exists).
+warm-up is one link instead of the whole city through Airflow. ``--seed library`` fills a fresh
+warehouse from the city with the DAG tasks' library calls before the stack starts (a whole-city
+first ingest through Airflow does not finish at 1M today: docs/BENCHMARKS.md). Results go to
+bench/results/event_latency_<residents>.json; bench/results/event_latency.json is rewritten from
+those files after each run: the 1,000,000-resident result, with the 300-resident one's headline
+figures beside it under ``small_city``.
 """
 
 from __future__ import annotations
@@ -298,6 +303,35 @@ def timeline(airflow_db: str, t0: float) -> list[list]:
     return sorted(out + [[name, rel(at)] for name, at in assets], key=lambda r: (r[1] is None, r[1] or 0))
 
 
+STAGES = (("export", None), ("trigger", "renkei_changes_"), ("ingest", "renkei_staging_"),
+          ("link", "renkei_mart_residents"), ("services", "renkei_outbox_notices"))
+
+
+def stage_breakdown(events: list[dict]) -> dict:
+    """Median seconds per stage of an event, from its timeline: the department's export (and the
+    change event), the triggerer storing the change asset event, ingest (its three tasks) to the
+    staging asset, link to the mart asset, services to the outbox asset, and the relay to the
+    awaited message on the stream (``relay``, the rest)."""
+    per: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    per["relay"] = []
+    for e in events:
+        marks = [("export", e["export_s"])]
+        for name, prefix in STAGES[1:]:
+            at = next((t[1] for t in e.get("timeline", []) if t[0].startswith("asset " + prefix)), None)
+            if at is None:
+                break
+            marks.append((name, at))
+        else:
+            if e["latency_s"] < marks[-1][1]:
+                continue  # published by a relay run already under way (its 5-minute cron): no stage order
+            prev = 0.0
+            for name, at in marks:
+                per[name].append(at - prev)
+                prev = at
+            per["relay"].append(e["latency_s"] - prev)
+    return {k: round(statistics.median(v), 2) for k, v in per.items() if v}
+
+
 def warehouse_progress(stack, airflow_db: str) -> str:
     try:
         with stack._warehouse().connect() as conn:
@@ -389,6 +423,9 @@ def main() -> int:
     ap.add_argument("--bound", type=float, default=600.0, help="seconds an event may take before the run fails")
     ap.add_argument("--out", help="default: bench/results/event_latency_<residents>.json")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory and databases (debugging)")
+    ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra setting for the Airflow components (e.g. AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=1.0 "
+                         "to measure with Airflow's default); recorded under airflow_settings")
     args = ap.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or any(k not in KINDS for k in kinds):
@@ -431,8 +468,9 @@ def main() -> int:
             if city is None:
                 ap.error("--seed library needs --work (the city is prepared there first)")
             seeded = seed_warehouse(city, db_url(wh_name))
+        extra = dict(kv.split("=", 1) for kv in args.airflow_env)
         stack = DevStack.launch(tmp, warehouse=db_url(wh_name), airflow_db=db_url(af_name),
-                                residents=args.residents, city=city, say=say)
+                                residents=args.residents, city=city, env=extra, say=say)
         af = db_url(af_name)
         say(f"stack up ({args.residents:,} residents); warming up")
         t = time.monotonic()
@@ -483,6 +521,7 @@ def main() -> int:
             reconcile_s = res.seconds
             say(f"reconcile of the registry: {reconcile_s:.1f}s ({res.read:,} rows read, {res.written} written)")
 
+        stages = stage_breakdown(events)
         lat = [e["latency_s"] for e in events]
         per_kind = {}
         for k in kinds:
@@ -501,6 +540,7 @@ def main() -> int:
             "per_kind": per_kind,
             "export_s": round(statistics.median(e["export_s"] for e in events), 3),
             "reconcile_registry_s": reconcile_s,
+            "stages_median_s": stages,
             "per_dag_median_s": breakdown,
             "per_task_median_s": per_task,
             "latencies_s": [round(x, 2) for x in lat],

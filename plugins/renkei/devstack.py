@@ -379,14 +379,15 @@ class DevStack:
         return load_notice_stream(self.cfg_dir).stream
 
     def stream_notice_ids(self) -> list[str]:
-        """Every notice id on the notices stream, in order (reads the whole stream: small
-        stacks; :meth:`stream_watch` follows a large one)."""
+        """The id of every notice message on the notices stream, in order; state messages
+        (``"type": "notice_state"``) are left out (reads the whole stream: small stacks;
+        :meth:`stream_watch` follows a large one)."""
         import redis
 
         r = redis.Redis.from_url(REDIS_URL)
-        out = [json.loads(f[b"data"]).get("notice_id") for _, f in r.xrange(self.notice_stream_key())]
+        docs = [json.loads(f[b"data"]) for _, f in r.xrange(self.notice_stream_key())]
         r.close()
-        return out
+        return [d["notice_id"] for d in docs if d.get("type") != "notice_state"]
 
     def stream_watch(self) -> "StreamWatch":
         """Follows the notices stream from its current end (only what is published from now on)."""
