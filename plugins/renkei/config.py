@@ -20,9 +20,13 @@ COLUMN_TYPES = {"text", "int", "date", "timestamp", "drop"}
 EXTRACT_RENAMES = {
     "resident_code": "dept_pseudonym",
     "household_code": "household_pseudonym",
-    "name_kana": "name_digest",
-    "address": "address_digest",
+    "name_kana": "name_sealed",
+    "address": "address_sealed",
 }
+# Quasi-identifiers leave the department sealed under its own key (extract column, with the
+# plaintext's domain prefix); the pipeline turns them into match digests (staging column) in the
+# same pass as pseudonym → ERK, so no department key can make or reverse a match digest.
+SEALED_COLUMNS = {"name_sealed": ("name", "name_digest"), "address_sealed": ("address", "address_digest")}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from renkei.config import Source
+from renkei.config import SEALED_COLUMNS, Source
 from renkei.bulk import analyze, insert_rows, refilled
 from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
@@ -497,8 +497,10 @@ def _erk_map(conn: sa.Connection, source: Source) -> sa.Table:
 
 
 def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, this_run, erks: sa.Table) -> int:
-    """Re-seal each distinct pseudonym of the batch's passing rows under the link key (the
-    plaintext exists only inside ``KeyRing.reseal``); returns how many were converted."""
+    """Re-seal each distinct pseudonym of the batch's passing rows under the link key, and turn
+    each sealed quasi-identifier into its match digest (the plaintext exists only inside the
+    keyring's batch calls); returns how many were converted. The map holds both: their tokens
+    never coincide (each sealed plaintext carries its domain)."""
     columns = [land.c[c] for c in PSEUDONYM_COLUMNS if c in land.c]
     if not columns:  # a source without personal data
         return 0
@@ -515,6 +517,18 @@ def _convert_pseudonyms(conn, source: Source, ring: KeyRing, land: sa.Table, thi
             for token, (erk, err) in zip(part, ring.reseal_many(source.key_purpose, part, "link"))
         ]
         n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
+    for column, (domain, _) in SEALED_COLUMNS.items():
+        if column not in land.c:
+            continue
+        col = land.c[column]
+        query = sa.select(col).where(this_run, land.c.quarantine_reason.is_(None), col.is_not(None)).distinct()
+        result = conn.execute(query, execution_options={"yield_per": source.chunk_rows})
+        for part in result.scalars().partitions():
+            rows = [
+                (token, digest, None if err is None else UNOPENED_RETIRED if isinstance(err, KeyRetired) else UNOPENED)
+                for token, (digest, err) in zip(part, ring.digest_sealed_many(source.key_purpose, part, domain))
+            ]
+            n += insert_rows(conn, erks, ["token", "erk", "reason"], rows)
     analyze(conn, [erks])  # the planner sizes the joins by it
     return n
 
@@ -525,7 +539,7 @@ def _reject_unopened(conn: sa.Connection, land: sa.Table, this_run, erks: sa.Tab
     unopened = retired = 0
     # Each UPDATE is a pass over the batch: only for the reasons some pseudonym actually has.
     found = set(conn.execute(sa.select(erks.c.reason).where(erks.c.reason.is_not(None)).distinct()).scalars())
-    for column in PSEUDONYM_COLUMNS:
+    for column in (*PSEUDONYM_COLUMNS, *SEALED_COLUMNS):
         if column not in land.c:
             continue
         col = land.c[column]
@@ -556,12 +570,17 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
     date_cols = {source.extract_column(c) for c, t in source.columns.items() if t == "date"}
     dept = erks.alias("dept_erk") if "dept_pseudonym" in land.c else None
     household = erks.alias("household_erk") if "household_pseudonym" in land.c else None
+    # staging digest column -> (its map alias, the landing column of sealed values)
+    sealed_from = {digest: column for column, (_, digest) in SEALED_COLUMNS.items() if column in land.c}
+    sealed = {digest: erks.alias(f"{digest}_map") for digest in sealed_from}
     values: dict[str, sa.ColumnElement] = {}
     for c in stage.columns:
         if c.name == "erk":
             values[c.name] = dept.c.erk
         elif c.name == "household_key":
             values[c.name] = household.c.erk
+        elif c.name in sealed:
+            values[c.name] = sealed[c.name].c.erk
         elif c.name == "row_hash":
             values[c.name] = _digest(land, source)
         elif c.name == "loaded_run_id":
@@ -573,6 +592,8 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
     joined = land if dept is None else land.join(dept, dept.c.token == land.c.dept_pseudonym)
     if household is not None:
         joined = joined.outerjoin(household, household.c.token == land.c.household_pseudonym)
+    for digest, alias in sealed.items():
+        joined = joined.outerjoin(alias, alias.c.token == land.c[sealed_from[digest]])
     key = values[staging_key(source)]
     query = sa.select(*[v.label(k) for k, v in values.items()]).select_from(joined).where(passing)
     # Two passing rows of one batch may share a staging key only if they passed uniqueness on

@@ -84,9 +84,8 @@ def run_chain(
     warehouse_url = warehouse_url or f"sqlite:///{work / 'warehouse.db'}"
     extracts_url = f"sqlite:///{work / 'extracts.db'}"
     keyring = Path(keyring_path or os.environ.get(ENV_PATH) or work / "keyring.json").resolve()
-    if not keyring.exists():
-        KeyRing.generate().save(keyring)
-        say(f"keys     created a new keyring at {keyring} (mode 0600)")
+    # Never a silent new keyring: one made here would seal a warehouse no other key holder can
+    # read. KeyRing.load names the path and the command that creates one.
     ring = KeyRing.load(keyring)
 
     stages: dict[str, float] = {}

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from renkei.config import Source, load_sources
+from renkei.config import SEALED_COLUMNS, Source, load_sources
 
 metadata = sa.MetaData()
 DATE_COLUMNS_TYPE = sa.Date
@@ -120,6 +120,8 @@ def staging_table(source: Source) -> sa.Table:
             cols.append(sa.Column("erk", sa.String(120), primary_key=(key == "erk"), index=(key != "erk")))
         elif c.name == "household_pseudonym":
             cols.append(sa.Column("household_key", sa.String(120), index=True))
+        elif c.name in SEALED_COLUMNS:
+            cols.append(sa.Column(SEALED_COLUMNS[c.name][1], sa.Text))  # the match digest
         else:
             if c.name == key:
                 c = sa.Column(c.name, sa.String(120), primary_key=True)

@@ -25,8 +25,8 @@ def clean_row(source: str, n: int) -> dict:
     """A valid extract row of each source (n keeps keys unique)."""
     person = {
         "dept_pseudonym": f"v1.cHNldWRv{n}",
-        "name_digest": f"v1.{n:064x}",
-        "address_digest": f"v1.{n + 1:064x}",
+        "name_sealed": f"v1.c2VhbGVkbmFtZQ{n}",
+        "address_sealed": f"v1.c2VhbGVkYWRkcg{n}",
         "birth_date": "2024-01-15",
         "sex": 2,
     }

@@ -131,7 +131,7 @@ def test_a_format_1_file_without_states_still_loads_and_older_versions_open(tmp_
     ring = KeyRing.from_dict(doc)
     assert ring.state("link", 1) == "history" and ring.open("link", old) == "12345678901"
     saved = KeyRing.load(ring.save(tmp_path / "ring.json"))
-    assert json.loads((tmp_path / "ring.json").read_text())["format"] == "renkei-keyring/2"
+    assert json.loads((tmp_path / "ring.json").read_text())["format"] == "renkei-keyring/3"
     assert saved.status() == ring.status()
 
 
@@ -170,8 +170,8 @@ def test_link_rotation_keeps_the_old_version_as_history_until_retired():
     assert ring.lookup_tokens("link", "12345678901") == [ring.seal("link", "12345678901"), old]
     with pytest.raises(KeyRingError, match="is current"):
         ring.retire("link", 2)
-    with pytest.raises(KeyRingError, match="audit key versions cannot be retired"):
-        ring.retire("audit", 1)
+    with pytest.raises(KeyRingError, match="match key versions cannot be retired"):
+        ring.retire("match", 1)
     ring.retire("link", 1, today=date(2025, 7, 1))
     with pytest.raises(KeyRetired, match="renkei keys reseal"):
         ring.open("link", old)
@@ -181,13 +181,13 @@ def test_link_rotation_keeps_the_old_version_as_history_until_retired():
                                                     "retired_on": "2025-07-01"} in again.status()
 
 
-def test_mac_and_digest_under_an_older_audit_version():
-    ring = KeyRing.from_dict(FIXED)
-    ring.rotate("audit")
+def test_mac_and_digest_under_an_older_match_version():
+    ring = KeyRing.from_dict(FIXED)  # a /2 file: its "audit" purpose loads as the match key
+    ring.rotate("match")
     expected = hmac.new(b"\x0b" * 32, b"message", hashlib.sha256).hexdigest()
     assert ring.mac(b"message", version=1) == expected and ring.mac(b"message") != expected
     assert ring.digest("ヤマダ タロウ").startswith("v2.") and ring.digest("ヤマダ タロウ", version=1).startswith("v1.")
-    with pytest.raises(KeyRingError, match="no audit key version 7"):
+    with pytest.raises(KeyRingError, match="no match key version 7"):
         ring.mac(b"message", version=7)
 
 
@@ -246,3 +246,80 @@ def test_reseal_many_matches_reseal_token_by_token():
         else:
             assert (erk, err) == (expected, None)
     assert sum(err is None for _, err in batch) >= 50
+
+
+# -- keyrings per holder ------------------------------------------------------------------------
+def test_a_department_keyring_holds_its_own_key_only_and_opens_nothing_of_the_pipeline(tmp_path):
+    from renkei.cli import main
+
+    full = KeyRing.generate().save(tmp_path / "full.json")
+    assert main(["keys", "export", "--for", "dept:nhi", "--keyring", str(full), "--out", str(tmp_path / "nhi.json")]) == 0
+    dept = KeyRing.load(tmp_path / "nhi.json")
+    assert dept.purposes() == ["dept:nhi"]
+    pipeline = KeyRing.load(full)
+    erk = pipeline.seal("link", "12345678901")
+    other = pipeline.seal("dept:ward_office", "12345678901")
+    # The attacks a department's insider would try with its keyring: open an ERK, open another
+    # department's pseudonym, make the match digests that would join two extracts, sign the trail.
+    with pytest.raises(KeyRingError, match="no key for purpose 'link'"):
+        dept.open("link", erk)
+    with pytest.raises(KeyRingError, match="no key for purpose 'dept:ward_office'"):
+        dept.open("dept:ward_office", other)
+    with pytest.raises(KeyRingError, match="no key for purpose 'match'"):
+        dept.digest("ヤマダ タロウ")
+    with pytest.raises(KeyRingError, match="no key for purpose 'chain'"):
+        dept.mac(b"entry", purpose="chain")
+    # Its own pseudonyms still seal exactly as the pipeline's copy of the key seals them.
+    assert dept.seal("dept:nhi", "12345678901") == pipeline.seal("dept:nhi", "12345678901")
+
+
+@pytest.mark.parametrize("holder,expected", [
+    ("pipeline", ["chain", "dept:children_bureau", "dept:digital_office", "dept:health_bureau", "dept:nhi",
+                  "dept:ward_office", "link", "match"]),
+    ("auditor", ["chain"]),
+    ("delivery", ["link"]),
+    ("dept:ward_office", ["dept:ward_office"]),
+])
+def test_each_holder_gets_only_its_purposes(tmp_path, holder, expected):
+    from renkei.cli import main
+
+    full = KeyRing.generate().save(tmp_path / "full.json")
+    assert main(["keys", "export", "--for", holder, "--keyring", str(full), "--out", str(tmp_path / "h.json")]) == 0
+    assert KeyRing.load(tmp_path / "h.json").purposes() == expected
+    assert oct((tmp_path / "h.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_unknown_holder_or_missing_purpose_is_a_clear_error(tmp_path):
+    ring = KeyRing.generate()
+    with pytest.raises(KeyRingError, match="unknown key holder"):
+        from renkei.keys.ring import holder_purposes
+
+        holder_purposes("everyone", ring.purposes())
+    with pytest.raises(KeyRingError, match="no dept:parks key for holder dept:parks"):
+        holder_purposes("dept:parks", ring.purposes())
+
+
+def test_a_keyring_written_before_the_chain_key_loads_and_gains_it(tmp_path):
+    from renkei.cli import main
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(FIXED))
+    os.chmod(path, 0o600)
+    old = KeyRing.load(path)
+    assert "match" in old.purposes() and "chain" not in old.purposes() and "audit" not in old.purposes()
+    assert main(["keys", "add", "--purpose", "chain", "--keyring", str(path)]) == 0
+    again = KeyRing.load(path)
+    assert "chain" in again.purposes() and json.loads(path.read_text())["format"] == "renkei-keyring/3"
+    assert again.digest("ヤマダ タロウ") == old.digest("ヤマダ タロウ")  # the match key is the old audit key
+    with pytest.raises(KeyRingError, match="already holds chain"):
+        again.add("chain")
+
+
+def test_save_writes_through_a_fresh_temp_file_and_leaves_none_behind(tmp_path):
+    ring = KeyRing.generate()
+    ring.save(tmp_path / "k.json")
+    (tmp_path / "k.json.tmp").write_text("a stale file of an older writer")  # the fixed name of the old code
+    ring.save(tmp_path / "k.json", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json", "k.json.tmp"]
+    assert (tmp_path / "k.json.tmp").read_text() == "a stale file of an older writer"
+    assert KeyRing.load(tmp_path / "k.json").purposes() == ring.purposes()

@@ -1,6 +1,8 @@
 """`renkei keys init|status|rotate|retire|reseal`: the keyring and the warehouse's link key version.
 
     renkei keys init --path P
+    renkei keys export --for HOLDER --out P   (HOLDER: dept:<name>, pipeline, delivery, auditor)
+    renkei keys add --purpose chain|match|link|dept:<name>
     renkei keys status [--keyring P] [--warehouse URL | --work DIR]
     renkei keys rotate --purpose P [--grace-days N] [--run [--batch-size N]]
     renkei keys retire --purpose P --version N
@@ -28,6 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ki.add_argument("--path", required=True, help="where to write it (outside the repo; var/ is git-ignored)")
     ki.add_argument("--force", action="store_true", help="overwrite an existing keyring (its tokens become unreadable)")
     ki.set_defaults(func=_init)
+
+    ex = keys.add_parser("export", help="write the keyring of one key holder: only the purposes it needs")
+    ex.add_argument("--for", dest="holder", required=True, metavar="HOLDER",
+                    help="dept:<department> (its pseudonym key only), pipeline, delivery or auditor")
+    ex.add_argument("--out", required=True, help="where to write the holder's keyring (mode 0600)")
+    ex.add_argument("--keyring", help="the full keyring (default: $RENKEI_KEYRING)")
+    ex.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    ex.set_defaults(func=_export)
+
+    ad = keys.add_parser("add", help="add a purpose the keyring lacks (e.g. chain to a keyring written before it existed)")
+    ad.add_argument("--purpose", required=True, help="chain, match, link or dept:<department>")
+    _common(ad, warehouse_optional=True)
+    ad.set_defaults(func=_add)
 
     st = keys.add_parser("status", help="purposes, versions, states and grace dates (and the warehouse's link version)")
     _common(st, warehouse_optional=True)
@@ -115,6 +130,23 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from renkei.keys.ring import KeyRing, holder_purposes, keyring_path
+
+    ring = KeyRing.load(Path(args.keyring) if args.keyring else keyring_path())
+    wanted = holder_purposes(args.holder, ring.purposes())
+    out = ring.subset(wanted).save(args.out, overwrite=args.force)
+    print(f"keyring for {args.holder} written to {out} (mode 0600) with purposes: {', '.join(wanted)}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    path = _keyring_path(args)
+    _update_keyring(path, lambda ring: ring.add(args.purpose))
+    print(f"{args.purpose}: version 1 added to {path}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from renkei.keys import rotation
     from renkei.keys.ring import KeyRing
@@ -145,9 +177,9 @@ def _rotate(args: argparse.Namespace) -> int:
 
     path = _keyring_path(args)
     url = _warehouse(args)
-    if args.purpose == "audit":
-        raise KeyRingError("rotating the audit key is not supported by this command yet: name and address digests "
-                           "would stop matching across departments until every department re-exported")
+    if args.purpose in ("audit", "match"):
+        raise KeyRingError("rotating the match key is not supported by this command yet: name and address digests "
+                           "would stop matching across departments until every extract was re-digested")
     if args.purpose == "link" and url and rotation.status(url)["rotating_to"]:
         raise KeyRingError("a link rotation is still re-sealing the warehouse: finish it first (`renkei keys reseal --purpose link`)")
     if args.run and args.purpose != "link":

@@ -107,10 +107,10 @@ def convert_row(source: Source, ring: KeyRing, raw: dict | None) -> dict:
                 out[target] = None if value is None else ring.seal(source.key_purpose, f"household:{value}")
             elif source.personal and col == "name_kana":
                 norm = normalize_name(value)
-                out[target] = None if norm is None else ring.digest(norm)
-            elif source.personal and col == "address" and target == "address_digest":
+                out[target] = None if norm is None else ring.seal(source.key_purpose, f"name:{norm}")
+            elif source.personal and col == "address" and target == "address_sealed":
                 norm = normalize_address(value)
-                out[target] = None if norm is None else ring.digest(norm)
+                out[target] = None if norm is None else ring.seal(source.key_purpose, f"address:{norm}")
             elif t == "date":
                 d = values.parse_date(value)
                 out[target] = None if d is None else d.isoformat()

@@ -5,7 +5,14 @@ A keyring holds one list of versioned keys per *purpose*:
 - ``dept:<department>`` — AES-SIV keys a department uses for its pseudonyms
   (``dept_pseudonym = AES-SIV(k_dept, resident_code)``),
 - ``link``   — the AES-SIV key of the encrypted resident key (``ERK = AES-SIV(k_link, code)``),
-- ``audit``  — the HMAC key of quasi-identifier digests (names, addresses) and the audit log.
+- ``match``  — the HMAC key of the pipeline's quasi-identifier digests (names, addresses), made
+  inside the pipeline from values the department sealed under its own key,
+- ``chain``  — the HMAC key of the audit trail's chain and head (the pipeline's writers only).
+
+A keyring holds only the purposes its holder needs (:data:`HOLDERS`, ``renkei keys export
+--for``): a department holds its ``dept:`` key and nothing else. Each operation checks for the
+purpose it uses when it uses it. Files written before purposes were split name the match key
+``audit``; they load with it as ``match`` (the trail entries it signed still verify).
 
 Tokens and digests carry their key version (``v<N>.<payload>``), so rotation adds a version
 and old tokens still open while their version is listed (like ``MultiFernet``). Each version
@@ -26,6 +33,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -39,13 +47,16 @@ from renkei.errors import KeyRetired, KeyRingError
 
 # /2 adds version states. Files of /1 (no states) still load: a listed older version opens.
 # New files are written as /2 so that code which ignores states cannot open a retired key.
-FORMAT = "renkei-keyring/2"
-READABLE_FORMATS = ("renkei-keyring/1", FORMAT)
+# /3 renames the digest key ``audit`` to ``match`` and adds ``chain``; /1 and /2 files still load.
+FORMAT = "renkei-keyring/3"
+READABLE_FORMATS = ("renkei-keyring/1", "renkei-keyring/2", FORMAT)
 CURRENT, GRACE, HISTORY, RETIRED = "current", "grace", "history", "retired"
 DEFAULT_GRACE_DAYS = 30
 TOKYO = ZoneInfo("Asia/Tokyo")
 SIV_KEY_BYTES = 64  # AES-256-SIV
 HMAC_KEY_BYTES = 32
+HMAC_PURPOSES = ("match", "chain")
+LEGACY_NAMES = {"audit": "match"}  # the purpose's name in files written before /3
 ENV_PATH = "RENKEI_KEYRING"
 AIRFLOW_VARIABLE = "renkei_keyring_path"
 DEFAULT_DEPARTMENTS = (
@@ -89,6 +100,33 @@ def is_department(purpose: str) -> bool:
     return purpose.startswith("dept:")
 
 
+def holder_purposes(holder: str, available: list[str]) -> list[str]:
+    """The purposes a key holder receives (``renkei keys export --for``).
+
+    ``dept:<name>``: that department's key only — it pseudonymizes and seals its quasi-
+    identifiers, and can open nothing of the pipeline's. ``pipeline``: every department key (to
+    re-seal pseudonyms into ERKs and sealed values into match digests), ``link``, ``match`` and
+    ``chain``. ``auditor``: ``chain`` only (verifies the trail, can open and link nothing).
+    ``delivery``: ``link`` — it opens the ERKs of the notices it delivers to find a contact in the
+    registry's boundary (docs/SECURITY.md names this as the remaining wide key).
+    """
+    if is_department(holder):
+        wanted = [holder]
+    elif holder == "pipeline":
+        wanted = [p for p in available if is_department(p)] + ["link", "match", "chain"]
+    elif holder == "auditor":
+        wanted = ["chain"]
+    elif holder == "delivery":
+        wanted = ["link"]
+    else:
+        raise KeyRingError(f"unknown key holder {holder!r}: use dept:<department>, pipeline, delivery or auditor")
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise KeyRingError(f"the keyring has no {', '.join(missing)} key for holder {holder}: "
+                           "`renkei keys status` lists its purposes; `renkei keys add --purpose P` adds one")
+    return wanted
+
+
 class KeyRing:
     """Versioned keys by purpose. Build with :meth:`load` or :meth:`generate`.
 
@@ -102,11 +140,27 @@ class KeyRing:
     # -- construction -------------------------------------------------------------------
     @classmethod
     def generate(cls, departments: tuple[str, ...] = DEFAULT_DEPARTMENTS) -> "KeyRing":
-        """A fresh keyring: one version-1 key per department, the link key and the audit key."""
+        """A fresh keyring: one version-1 key per department, the link, match and chain keys."""
         purposes = {f"dept:{d}": _Purpose(1, {1: secrets.token_bytes(SIV_KEY_BYTES)}) for d in departments}
-        purposes["link"] = _Purpose(1, {1: secrets.token_bytes(SIV_KEY_BYTES)})
-        purposes["audit"] = _Purpose(1, {1: secrets.token_bytes(HMAC_KEY_BYTES)})
+        for name in ("link", *HMAC_PURPOSES):
+            purposes[name] = _Purpose(1, {1: secrets.token_bytes(_key_bytes(name))})
         return cls(purposes)
+
+    def subset(self, purposes: list[str]) -> "KeyRing":
+        """A keyring of only ``purposes`` (every version and state of each), for one holder."""
+        return KeyRing({n: _Purpose(self._purpose(n).current, dict(self._purpose(n).keys),
+                                    states=dict(self._purpose(n).states)) for n in purposes}, self.clock)
+
+    def add(self, purpose: str) -> None:
+        """Add a purpose the keyring does not hold yet (version 1), e.g. ``chain`` to a /2 keyring."""
+        if purpose in self._purposes:
+            raise KeyRingError(f"the keyring already holds {purpose}: rotate it instead (`renkei keys rotate --purpose {purpose}`)")
+        if purpose not in ("link", *HMAC_PURPOSES) and not is_department(purpose):
+            raise KeyRingError(f"unknown purpose {purpose!r}: one of link, match, chain or dept:<department>")
+        self._purposes[purpose] = _Purpose(1, {1: secrets.token_bytes(_key_bytes(purpose))})
+
+    def holds(self, purpose: str) -> bool:
+        return purpose in self._purposes
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "KeyRing":
@@ -138,7 +192,10 @@ class KeyRing:
         if not isinstance(doc, dict) or doc.get("format") not in READABLE_FORMATS:
             raise KeyRingError(f"{origin}: 'format' must be one of {READABLE_FORMATS}; was this file written by `renkei keys init`?")
         purposes: dict[str, _Purpose] = {}
-        for name, spec in (doc.get("purposes") or {}).items():
+        for stored_name, spec in (doc.get("purposes") or {}).items():
+            name = LEGACY_NAMES.get(stored_name, stored_name)
+            if name in purposes:
+                raise KeyRingError(f"{origin}: purposes {stored_name!r} and {name!r} are the same key: keep one")
             try:
                 keys = {int(v): _b64d(k) for v, k in spec["keys"].items()}
                 current = int(spec["current"])
@@ -146,14 +203,13 @@ class KeyRing:
                 raise KeyRingError(f"{origin}: purposes.{name} needs 'current' and 'keys' {{version: base64}}") from None
             if current not in keys:
                 raise KeyRingError(f"{origin}: purposes.{name}.current={current} names no key in 'keys'")
-            want = HMAC_KEY_BYTES if name == "audit" else SIV_KEY_BYTES
+            want = _key_bytes(name)
             for v, k in keys.items():
                 if len(k) != want:
                     raise KeyRingError(f"{origin}: purposes.{name}.keys.{v} must be {want} bytes, base64url-encoded")
             purposes[name] = _Purpose(current, keys, states=_read_states(origin, name, spec.get("states"), keys, current))
-        for needed in ("link", "audit"):
-            if needed not in purposes:
-                raise KeyRingError(f"{origin}: purpose {needed!r} is missing: regenerate with `renkei keys init`")
+        if not purposes:
+            raise KeyRingError(f"{origin}: the keyring holds no purpose: write one with `renkei keys init` or `renkei keys export`")
         return cls(purposes)
 
     def to_dict(self) -> dict:
@@ -171,17 +227,28 @@ class KeyRing:
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the keyring with mode 0600 (created atomically, never world-readable)."""
+        """Write the keyring with mode 0600: a new temporary file in the same directory (never
+        world-readable), fsynced, renamed over ``path``, and the directory fsynced — a crash
+        leaves the old keyring or the new one, never a torn or empty file."""
         p = Path(path)
         if p.exists() and not overwrite:
             raise KeyRingError(f"keyring {p} exists: refusing to overwrite keys (use a new path or rotate)")
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, p)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
         return p
 
     # -- recipes ------------------------------------------------------------------------
@@ -247,7 +314,7 @@ class KeyRing:
             raise KeyRingError(f"--grace-days must be 0 or more, not {grace_days}")
         today = today or self.clock()
         new = max(p.keys) + 1
-        p.keys[new] = secrets.token_bytes(HMAC_KEY_BYTES if purpose == "audit" else SIV_KEY_BYTES)
+        p.keys[new] = secrets.token_bytes(_key_bytes(purpose))
         if is_department(purpose):
             days = DEFAULT_GRACE_DAYS if grace_days is None else grace_days
             p.states[p.current] = _State(GRACE, today + timedelta(days=days))
@@ -261,8 +328,8 @@ class KeyRing:
         p = self._purpose(purpose)
         if version not in p.keys:
             raise KeyRingError(f"the keyring holds no {purpose} key version {version}: `renkei keys status` lists the versions")
-        if purpose == "audit":
-            raise KeyRingError("audit key versions cannot be retired: the audit chain's older entries verify under them")
+        if purpose in HMAC_PURPOSES:
+            raise KeyRingError(f"{purpose} key versions cannot be retired: digests and trail entries made under them verify under them")
         if version == p.current:
             raise KeyRingError(f"{purpose} version {version} is current: rotate first (`renkei keys rotate --purpose {purpose}`)")
         p.states[version] = _State(RETIRED, today or self.clock())
@@ -356,6 +423,41 @@ class KeyRing:
             out.append((prefix + _b64e(seal(plain, ad_to)), None))
         return out
 
+    def digest_sealed_many(self, purpose: str, tokens: list[str], domain: str) -> list[tuple[str | None, KeyRingError | None]]:
+        """Per token sealed by a department (``purpose``) over ``"<domain>:<normalised value>"``:
+        (the value's match digest, None) or (None, the error). The plaintext exists only here,
+        in memory; a token of another domain (a name sealed into the address column) is refused."""
+        prefix = f"{domain}:".encode("utf-8")
+        ad = [purpose.encode("ascii")]
+        key = self._purpose("match")
+        match_key, version = key.keys[key.current], key.current
+        openers: dict[str, object] = {}
+        out: list[tuple[str | None, KeyRingError | None]] = []
+        for token in tokens:
+            head, _, body = (token or "").partition(".")
+            try:
+                raw = _b64d(body) if body and head.startswith("v") and head[1:].isdigit() else None
+            except ValueError:
+                raw = None
+            opener = None if raw is None else openers.get(head)
+            if raw is not None and opener is None:
+                opener = openers[head] = self._opener(purpose, head)
+            if raw is None or isinstance(opener, KeyRingError):
+                out.append((None, opener if isinstance(opener, KeyRingError) else
+                            KeyRingError(f"not a sealed {domain} (expected 'v<N>.<base64url>')")))
+                continue
+            try:
+                plain = opener(raw, ad)
+            except InvalidTag:
+                plain = None
+            if plain is None or not plain.startswith(prefix):
+                out.append((None, KeyRingError(f"a sealed {domain} does not authenticate under {purpose} version {head[1:]} "
+                                               "(tampered, another column's value, or wrong key)")))
+                continue
+            mac = hmac.new(match_key, plain[len(prefix):], hashlib.sha256).hexdigest()
+            out.append((f"v{version}.{mac}", None))
+        return out
+
     def _opener(self, purpose: str, version: str):
         """The AES-SIV decrypt of a token version (``"v2"``), or the KeyRingError opening it raises."""
         try:
@@ -378,26 +480,26 @@ class KeyRing:
         return [f"v{v}.{_b64e(self._siv(purpose, v).encrypt(plaintext.encode('utf-8'), aad))}" for v in versions]
 
     def digest(self, normalized_value: str, version: int | None = None) -> str:
-        """Keyed HMAC-SHA256 digest of an already normalised quasi-identifier (current audit key
-        unless ``version`` names another held one)."""
-        v = self._audit_version(version)
+        """Keyed HMAC-SHA256 match digest of an already normalised quasi-identifier (current
+        match key unless ``version`` names another held one)."""
+        v = self._hmac_version("match", version)
         return f"v{v}.{self.mac(normalized_value.encode('utf-8'), version=v)}"
 
-    def mac(self, message: bytes, version: int | None = None) -> str:
-        """HMAC-SHA256 (hex) of raw bytes under the current audit key, or under ``version``.
+    def mac(self, message: bytes, version: int | None = None, purpose: str = "match") -> str:
+        """HMAC-SHA256 (hex) of raw bytes under the current key of ``purpose`` (``match`` or
+        ``chain``), or under ``version``: any held version verifies, so entries written before a
+        rotation verify under the version they name."""
+        if purpose not in HMAC_PURPOSES:
+            raise KeyRingError(f"{purpose} is not an HMAC purpose (one of {', '.join(HMAC_PURPOSES)})")
+        p = self._purpose(purpose)
+        return hmac.new(p.keys[self._hmac_version(purpose, version)], message, hashlib.sha256).hexdigest()
 
-        Any held version verifies: the audit chain's older entries name the version they were
-        written under.
-        """
-        p = self._purpose("audit")
-        return hmac.new(p.keys[self._audit_version(version)], message, hashlib.sha256).hexdigest()
-
-    def _audit_version(self, version: int | None) -> int:
-        p = self._purpose("audit")
+    def _hmac_version(self, purpose: str, version: int | None) -> int:
+        p = self._purpose(purpose)
         if version is None:
             return p.current
         if version not in p.keys:
-            raise KeyRingError(f"the keyring holds no audit key version {version}: restore the keyring that wrote it")
+            raise KeyRingError(f"the keyring holds no {purpose} key version {version}: restore the keyring that wrote it")
         return version
 
     def __repr__(self) -> str:  # never print key material
@@ -421,6 +523,10 @@ def _read_states(origin: str, name: str, doc: object, keys: dict[int, bytes], cu
             raise KeyRingError(f"{origin}: purposes.{name}.states.{v} is invalid: only a held, non-current version has a "
                                "state, one of grace (with grace_until), history or retired")
     return out
+
+
+def _key_bytes(purpose: str) -> int:
+    return HMAC_KEY_BYTES if purpose in HMAC_PURPOSES else SIV_KEY_BYTES
 
 
 def _state_dict(st: _State) -> dict:

@@ -67,7 +67,7 @@ class Notice:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], include_facts: bool = True) -> "Notice":
+    def from_row(cls, row: Mapping[str, Any], include_facts: bool = False) -> "Notice":
         """A notice from a ``notices`` outbox row (facts JSON text parsed)."""
         doc = {f.name: row[f.name] for f in fields(cls) if f.name not in _OPTIONAL}
         doc["replaces"] = row.get("replaces")

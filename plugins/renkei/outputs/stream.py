@@ -26,7 +26,7 @@ class NoticeStreamConfig:
     redis_url: str = DEFAULT_REDIS_URL
     stream: str = DEFAULT_STREAM
     maxlen: int = 0  # approximate cap (XADD MAXLEN ~); 0 = never trim
-    include_facts: bool = True  # False keeps the rule's facts (linked health data) off the stream
+    include_facts: bool = False  # True puts the rule's facts (linked health data) on the stream: opt in
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -66,5 +66,5 @@ def load_notice_stream(config_dir: Path | None = None, kind: str | None = None) 
         redis_url=os.environ.get("RENKEI_REDIS_URL") or get("url", DEFAULT_REDIS_URL, str),
         stream=get("stream", DEFAULT_STREAM, str),
         maxlen=get("maxlen", 0, int),
-        include_facts=get("include_facts", True, bool),
+        include_facts=get("include_facts", False, bool),
     )

@@ -1,0 +1,153 @@
+"""Key separation against insiders (#14): what a department's keyring can and cannot do.
+
+Two departments export the same resident (same name reading, address, birth date) with their own
+keyrings (``renkei keys export --for dept:<name>``). Their extracts must not join on anything
+but the public columns, their keyrings must open nothing of the pipeline's, and the pipeline —
+which alone holds the match key — must still see the two records as one person's: the same
+match digests in staging, equal to HMAC(k_match, normalised value) computed here by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from renkei.cli import main
+from renkei.config import load_sources
+from renkei.errors import KeyRingError
+from renkei.ingest import extract, load, validate
+from renkei.keys.adapter import pseudonymize
+from renkei.keys.ring import KeyRing
+from renkei.settings import Settings
+
+SOURCES = load_sources()
+KANA, ADDRESS = "ヤマダ ハナコ", "北九州市戸畑区中本町1番1号"
+NORM_KANA, NORM_ADDRESS = "ヤマダ ハナコ", "戸畑区中本町1-1"  # by hand: one space kept; city prefix dropped, 1番1号 → 1-1
+CODE = "10000000001"
+
+
+def _raw_sqlite(path: Path, source, rows: list[dict]) -> str:
+    con = sqlite3.connect(path)
+    cols = source.raw_columns
+    con.execute(f'CREATE TABLE "{source.name}" ({", ".join(f"{c} TEXT" for c in cols)})')
+    con.executemany(f'INSERT INTO "{source.name}" VALUES ({", ".join("?" for _ in cols)})',
+                    [[r.get(c) for c in cols] for r in rows])
+    con.commit()
+    con.close()
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def holders(tmp_path):
+    """The city's full keyring and each holder's own, written by `renkei keys export`."""
+    full = KeyRing.generate().save(tmp_path / "full.json")
+    out = {}
+    for holder in ("dept:health_bureau", "dept:nhi", "pipeline", "delivery", "auditor"):
+        path = tmp_path / f"{holder.replace(':', '_')}.json"
+        assert main(["keys", "export", "--for", holder, "--keyring", str(full), "--out", str(path)]) == 0
+        out[holder] = KeyRing.load(path)
+    return out
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def exported(request, tmp_path, holders):
+    """One resident exported by immunization (health_bureau) and NHI, each with its own keyring
+    only; the extracts land in the warehouse's extract database."""
+    if request.param == "postgresql":
+        wh = request.getfixturevalue("pg_factory")()
+    else:
+        wh = f"sqlite:///{tmp_path / 'wh.db'}"
+    extracts = f"sqlite:///{tmp_path / 'ex.db'}"
+    imm, nhi = SOURCES["immunization"], SOURCES["nhi"]
+    stamp = "2025-05-01T09:00:00+09:00"
+    person = {"resident_code": CODE, "name_kana": KANA, "birth_date": "2024-04-10", "sex": "2", "address": ADDRESS,
+              "updated_at": stamp}
+    imm_loc = _raw_sqlite(tmp_path / "imm.db", imm, [{**person, "record_id": "IM1", "vaccine_code": "HEPB",
+                                                        "dose_number": "1", "administered_on": "2024-06-10"}])
+    nhi_row = {**person, "qualified_on": "2024-04-10", "disqualified_on": None, "last_checkup_on": None}
+    nhi_loc = _raw_sqlite(tmp_path / "nhi.db", nhi, [nhi_row])
+    pseudonymize(imm, imm_loc, extracts, holders["dept:health_bureau"])
+    pseudonymize(nhi, nhi_loc, extracts, holders["dept:nhi"])
+    settings = Settings(warehouse_url=wh, extracts_url=extracts, config_dir=Settings.from_env().config_dir,
+                        expectations_dir=Settings.from_env().expectations_dir)
+    return {"settings": settings, "imm": imm, "nhi": nhi}
+
+
+def _rows(url: str, sql: str) -> list[dict]:
+    eng = sa.create_engine(url)
+    with eng.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.text(sql))]
+    eng.dispose()
+    return rows
+
+
+def test_two_departments_extracts_do_not_join_on_names_or_addresses(exported):
+    url = exported["settings"].extracts_url
+    imm = _rows(url, "SELECT * FROM extract_immunization")[0]
+    nhi = _rows(url, "SELECT * FROM extract_nhi")[0]
+    # The same resident, name and address: nothing but the public columns agree across extracts.
+    shared = {c for c in imm if c in nhi and imm[c] == nhi[c] and imm[c] is not None}
+    assert shared <= {"birth_date", "sex", "updated_at", "change_seq", "export_id", "op", "exported_at",
+                      "source_row", "parse_errors"}, shared
+    assert imm["name_sealed"] != nhi["name_sealed"] and imm["address_sealed"] != nhi["address_sealed"]
+    assert imm["dept_pseudonym"] != nhi["dept_pseudonym"]
+    assert "name_digest" not in imm and "address_digest" not in imm
+
+
+def test_a_department_keyring_cannot_make_or_reverse_a_match_digest(exported, holders):
+    imm_ring, nhi_ring = holders["dept:health_bureau"], holders["dept:nhi"]
+    nhi = _rows(exported["settings"].extracts_url, "SELECT * FROM extract_nhi")[0]
+    # Guessing a common name: the department can only seal under its own key, never under NHI's.
+    assert imm_ring.seal("dept:health_bureau", "name:" + NORM_KANA) != nhi["name_sealed"]
+    with pytest.raises(KeyRingError, match="no key for purpose 'dept:nhi'"):
+        imm_ring.open("dept:nhi", nhi["name_sealed"])
+    with pytest.raises(KeyRingError, match="no key for purpose 'match'"):
+        imm_ring.digest(NORM_KANA)
+    with pytest.raises(KeyRingError, match="no key for purpose 'link'"):
+        imm_ring.seal("link", CODE)
+    # Delivery and the auditor cannot make match digests either.
+    for holder in ("delivery", "auditor"):
+        with pytest.raises(KeyRingError, match="no key for purpose 'match'"):
+            holders[holder].digest(NORM_KANA)
+
+
+def test_the_pipeline_turns_sealed_values_into_one_match_digest(exported, holders, tmp_path):
+    settings, pipeline = exported["settings"], holders["pipeline"]
+    for source, run in ((exported["imm"], "r-imm"), (exported["nhi"], "r-nhi")):
+        extract(source, run, settings)
+        validate(source, run, settings)
+        out = load(source, run, pipeline, settings)
+        assert (out["loaded"], out["quarantined"]) == (1, 0), source.name
+    imm = _rows(settings.warehouse_url, "SELECT erk, name_digest, address_digest FROM staging_immunization")[0]
+    nhi = _rows(settings.warehouse_url, "SELECT erk, name_digest, address_digest FROM staging_nhi")[0]
+    match_key = json.loads((tmp_path / "pipeline.json").read_text())["purposes"]["match"]
+    import base64
+
+    k = base64.urlsafe_b64decode(match_key["keys"]["1"] + "=" * (-len(match_key["keys"]["1"]) % 4))
+    by_hand = lambda v: "v1." + hmac.new(k, v.encode(), hashlib.sha256).hexdigest()  # noqa: E731
+    assert imm == nhi == {"erk": pipeline.seal("link", CODE), "name_digest": by_hand(NORM_KANA),
+                          "address_digest": by_hand(NORM_ADDRESS)}
+
+
+def test_a_sealed_value_moved_to_another_column_or_department_is_quarantined(exported, holders):
+    settings = exported["settings"]
+    eng = sa.create_engine(settings.extracts_url)
+    with eng.begin() as conn:  # an insider swaps name and address tokens, and plants NHI's name token
+        nhi_name = conn.execute(sa.text("SELECT name_sealed FROM extract_nhi")).scalar()
+        conn.execute(sa.text("UPDATE extract_immunization SET address_sealed = name_sealed, name_sealed = :n"),
+                     {"n": nhi_name})
+    eng.dispose()
+    imm = exported["imm"]
+    extract(imm, "r1", settings)
+    validate(imm, "r1", settings)
+    out = load(imm, "r1", holders["pipeline"], settings)
+    assert (out["loaded"], out["quarantined"]) == (0, 1)
+    reasons = _rows(settings.warehouse_url, "SELECT reason FROM quarantine")
+    assert [r["reason"] for r in reasons] == ["pseudonym_does_not_authenticate:name_sealed"] or \
+        [r["reason"] for r in reasons] == ["pseudonym_does_not_authenticate:address_sealed"]
