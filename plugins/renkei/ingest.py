@@ -140,7 +140,7 @@ def _check_extract(conn: sa.Connection, source: Source, xt: sa.Table) -> None:
     if missing:
         raise SourceError(
             f"{source.name}: {xt.name} lacks {missing}: it was written by an older export adapter (a full "
-            f"snapshot). The department drops {xt.name} and exports again with `renkei pseudonymize --source "
+            f"snapshot, or shared-key digests). The department drops {xt.name} and exports again with `renkei pseudonymize --source "
             f"{source.name} --full`; ingest then reads every row once"
         )
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
 from renkei.config import SEALED_COLUMNS, Source, load_sources
+from renkei.errors import SourceError
 
 metadata = sa.MetaData()
 DATE_COLUMNS_TYPE = sa.Date
@@ -316,9 +317,29 @@ def snapshot_options(eng: sa.Engine) -> dict:
 
 
 def ensure_schema(eng: sa.Engine) -> None:
-    """Create every warehouse table that does not exist yet (idempotent)."""
+    """Create every warehouse table that does not exist yet (idempotent); a landing table of an
+    older extract layout is re-created while it holds no batch."""
     _declare_source_tables()
+    _renew_landing(eng)
     metadata.create_all(eng)
+
+
+def _renew_landing(eng: sa.Engine) -> None:
+    """Landing holds a batch only between extract and load: one whose columns are not this
+    version's (e.g. ``name_digest`` before quasi-identifiers were sealed by the department) is
+    dropped when empty, so create_all makes it anew; with a batch in it, the upgrade waits."""
+    insp = sa.inspect(eng)
+    existing = set(insp.get_table_names())
+    for name, table in list(metadata.tables.items()):
+        if not name.startswith("landing_") or name not in existing:
+            continue
+        if {c["name"] for c in insp.get_columns(name)} == {c.name for c in table.columns}:
+            continue
+        with eng.begin() as conn:
+            if conn.execute(sa.text(f'SELECT 1 FROM "{name}" LIMIT 1')).first() is not None:
+                raise SourceError(f"{name} holds a batch landed by an older Renkei: finish that run's load with the "
+                                  "older version (or delete its rows) before upgrading")
+            conn.execute(sa.text(f'DROP TABLE "{name}"'))
 
 
 def source_tables() -> None:

@@ -151,3 +151,52 @@ def test_a_sealed_value_moved_to_another_column_or_department_is_quarantined(exp
     reasons = _rows(settings.warehouse_url, "SELECT reason FROM quarantine")
     assert [r["reason"] for r in reasons] == ["pseudonym_does_not_authenticate:name_sealed"] or \
         [r["reason"] for r in reasons] == ["pseudonym_does_not_authenticate:address_sealed"]
+
+
+def test_upgrade_from_shared_key_digests(tmp_path):
+    """A city upgrading: its keyring of old (purposes link, audit) and an extract and landing table
+    with shared-key digest columns. The adapter refuses the old extract with the way out; after
+    the department's fresh export, ingest re-creates the empty landing table and stages the same
+    match digests the old adapter made (the old audit key is the match key)."""
+    import base64
+    import os
+
+    imm = SOURCES["immunization"]
+    old = KeyRing.generate().to_dict()
+    old["format"] = "renkei-keyring/2"
+    old["purposes"]["audit"] = old["purposes"].pop("match")
+    del old["purposes"]["chain"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    os.chmod(tmp_path / "old.json", 0o600)
+    ring = KeyRing.load(tmp_path / "old.json")
+    ring.add("chain")  # `renkei keys add --purpose chain`, as docs/SECURITY.md's migration says
+    extracts, wh = f"sqlite:///{tmp_path / 'ex.db'}", f"sqlite:///{tmp_path / 'wh.db'}"
+    eng = sa.create_engine(extracts)
+    with eng.begin() as conn:  # the old layout: digests, no sealed columns
+        conn.execute(sa.text("CREATE TABLE extract_immunization (change_seq INTEGER, name_digest TEXT, address_digest TEXT)"))
+    eng.dispose()
+    weng = sa.create_engine(wh)
+    with weng.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE landing_immunization (run_id TEXT, name_digest TEXT)"))
+    weng.dispose()
+    loc = _raw_sqlite(tmp_path / "imm.db", imm, [{"resident_code": CODE, "name_kana": KANA, "birth_date": "2024-04-10",
+                                                  "sex": "2", "address": ADDRESS, "record_id": "IM1", "vaccine_code": "HEPB",
+                                                  "dose_number": "1", "administered_on": "2024-06-10",
+                                                  "updated_at": "2025-05-01T09:00:00+09:00"}])
+    from renkei.errors import SourceError
+
+    with pytest.raises(SourceError, match="Drop extract_immunization .* export again"):
+        pseudonymize(imm, loc, extracts, ring.subset(["dept:health_bureau"]))
+    eng = sa.create_engine(extracts)
+    with eng.begin() as conn:
+        conn.execute(sa.text("DROP TABLE extract_immunization"))
+    eng.dispose()
+    assert pseudonymize(imm, loc, extracts, ring.subset(["dept:health_bureau"])).written == 1
+    env = Settings.from_env()
+    settings = Settings(warehouse_url=wh, extracts_url=extracts, config_dir=env.config_dir, expectations_dir=env.expectations_dir)
+    extract(imm, "u1", settings)
+    validate(imm, "u1", settings)
+    assert load(imm, "u1", ring, settings)["loaded"] == 1
+    k = base64.urlsafe_b64decode(old["purposes"]["audit"]["keys"]["1"] + "==")
+    got = _rows(wh, "SELECT name_digest FROM staging_immunization")[0]["name_digest"]
+    assert got == "v1." + hmac.new(k, NORM_KANA.encode(), hashlib.sha256).hexdigest()

@@ -173,9 +173,9 @@ def _check_extract_schema(conn: sa.Connection, table: sa.Table) -> None:
     missing = [c.name for c in table.columns if c.name not in cols]
     if missing:
         raise SourceError(
-            f"{table.name}: an extract table of an older Renkei (no {missing}): it was a full snapshot, the "
-            f"extract is now a change log. Drop {table.name} (and export_state_* / export_position) and export "
-            "again: the first export writes every row"
+            f"{table.name}: an extract table of an older Renkei (no {missing}: a full snapshot, or names and "
+            f"addresses digested with a shared key instead of sealed under the department's). Drop {table.name} "
+            "(and export_state_* / export_position) and export again: the first export writes every row"
         )
 
 
