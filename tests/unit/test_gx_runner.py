@@ -84,7 +84,7 @@ def frame(source: str, rows: int = 4, first_row: int = 100, **changes) -> pd.Dat
 
 
 # Counted by hand from each suite file: 5-15 expectations each.
-SUITE_SIZES = {"registry": 14, "immunization": 15, "child_health": 14, "nhi": 14, "subscriptions": 13, "events": 14}
+SUITE_SIZES = {"registry": 15, "immunization": 16, "child_health": 15, "nhi": 15, "subscriptions": 14, "events": 15}
 
 
 @pytest.mark.parametrize(("source", "size"), SUITE_SIZES.items())
@@ -276,7 +276,7 @@ def test_unknown_expectation_type_is_not_dropped_silently(tmp_path):
     doc = json.loads(path.read_text(encoding="utf-8"))
     doc["expectations"].append({"type": "expect_column_values_to_be_sensible", "kwargs": {"column": "title"}})
     path.write_text(json.dumps(doc), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"accepted 14 of 15.*expect_column_values_to_be_sensible"):
+    with pytest.raises(ConfigError, match=r"accepted 15 of 16.*expect_column_values_to_be_sensible"):
         load_suite("events", target)
 
 
@@ -309,3 +309,21 @@ def test_fifty_thousand_rows_find_the_one_bad_row():
     outcome = validate_frame("immunization", data)
     assert outcome.failures == {31_337: [RowFailure(IN_SET, "vaccine_code")]}
     assert outcome.evaluated == rows
+
+
+def test_department_text_in_parse_errors_never_reaches_the_reason():
+    """parse_errors is written by the department: an insider's text (a name, a phone number, a
+    long string) must not travel into the quarantine reason, logs or the UI — only known columns."""
+    hostile = "ヤマダ ハナコ:090-1234-5678;name_kana:bad;" + "x" * 500 + ":y"
+    found = failures_of("immunization", parse_errors={101: hostile})
+    assert found == {101: [RowFailure(IS_NULL, "parse_errors"), RowFailure("parse_error", "name_kana"),
+                           RowFailure("parse_error", "unrecognised")]}
+    assert quarantine_reason(found[101]) == f"{IS_NULL}:parse_errors; parse_error:name_kana; parse_error:unrecognised"
+
+
+@pytest.mark.parametrize("source,column", [("immunization", "record_id"), ("registry", "dept_pseudonym"),
+                                           ("subscriptions", "subscription_id"), ("events", "event_id")])
+def test_an_overlong_key_is_quarantined_not_a_failed_load(source, column):
+    """The staging key columns are VARCHAR(120): a longer key would abort every PostgreSQL load."""
+    found = failures_of(source, **{column: {100: "k" * 121, 101: "k" * 120}})
+    assert found == {100: [RowFailure("expect_column_value_lengths_to_be_between", column)]}

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from renkei.config import EXTRACT_RENAMES
 from renkei.errors import ConfigError, SourceError
 
 if TYPE_CHECKING:
@@ -310,8 +311,9 @@ def validate_frame(
         all_passed = _collect(dated, rows, flagged) and all_passed
 
     if "parse_errors" in prepared.columns:
+        known = set(prepared.columns) | set(EXTRACT_RENAMES)
         for position, listed in enumerate(prepared["parse_errors"].tolist()):
-            for item in _parse_error_items(listed):
+            for item in _parse_error_items(listed, known):
                 flagged.setdefault(position, set()).add(RowFailure(PARSE_ERROR, item))
 
     failures = {int(source_rows[position]): sorted(found) for position, found in sorted(flagged.items())}
@@ -322,11 +324,18 @@ def validate_frame(
     )
 
 
-def _parse_error_items(listed: Any) -> list[str]:
-    """The column names in "column:reason;column:reason" (a column alone when no reason)."""
+UNRECOGNISED = "unrecognised"  # a parse_errors item naming no column of the source
+
+
+def _parse_error_items(listed: Any, known: set[str]) -> list[str]:
+    """The column names in "column:reason;column:reason" (a column alone when no reason).
+
+    parse_errors is department-written text: only a column the source has is named back (in
+    the quarantine reason, logs, XCom and the UI); anything else becomes ``unrecognised``."""
     if not isinstance(listed, str) or not listed.strip():
         return []
-    return [item.split(":", 1)[0].strip() or TABLE for item in listed.split(";") if item.strip()]
+    items = (item.split(":", 1)[0].strip() or TABLE for item in listed.split(";") if item.strip())
+    return sorted({item if item in known or item == TABLE else UNRECOGNISED for item in items})
 
 
 def quarantine_reason(failures: list[RowFailure], landed: str | None = None) -> str:
