@@ -81,3 +81,18 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under RENKEI_REQUIRE_SERVICES=1 (CI runs every test): {reason}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_anchor_dir(tmp_path_factory):
+    """Audit-trail anchors (renkei.audit.anchor) go to this session's tmp dir, not beside a
+    keyring outside it or to ~/.local/state; each warehouse still gets its own anchor file.
+    A test that sets RENKEI_AUDIT_ANCHOR itself (monkeypatch) wins."""
+    anchors = tmp_path_factory.mktemp("audit-anchors")
+    before = os.environ.get("RENKEI_AUDIT_ANCHOR")
+    os.environ["RENKEI_AUDIT_ANCHOR"] = str(anchors)
+    yield anchors
+    if before is None:
+        os.environ.pop("RENKEI_AUDIT_ANCHOR", None)
+    else:
+        os.environ["RENKEI_AUDIT_ANCHOR"] = before

@@ -1,21 +1,35 @@
-"""The audit trail: an untouched chain verifies, every kind of tampering names its entry."""
+"""The audit trail: an untouched chain verifies, every kind of tampering names its entry, and the
+anchor outside the warehouse catches what the warehouse alone cannot (rollback, drop, rewrite)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from datetime import date, datetime, timezone
 
 import pytest
 import sqlalchemy as sa
 
 from renkei.audit import append, verify
-from renkei.audit.trail import GENESIS, AuditError, _message
+from renkei.audit.anchor import warehouse_id
+from renkei.audit.trail import GENESIS, AuditError, _head_message, _message
 from renkei.cli import main
 from renkei.warehouse import audit_head, audit_log
 
 NOW = datetime(2025, 6, 1, 6, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def anchors(tmp_path, monkeypatch) -> Path:
+    """This test's anchor directory ($RENKEI_AUDIT_ANCHOR)."""
+    d = tmp_path / "anchors"
+    monkeypatch.setenv("RENKEI_AUDIT_ANCHOR", str(d))
+    return d
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,11 +61,13 @@ def _rows(url: str) -> list[dict]:
     return rows
 
 
-def test_untouched_log_verifies(url, ring):
-    assert verify(url, ring).ok  # no table yet: an empty trail
+def test_untouched_log_verifies(url, ring, anchors):
+    res = verify(url, ring)  # no table yet and nothing anchored: an empty trail
+    assert (res.ok, res.entries, res.anchored) == (True, 0, None)
     _log(url, ring)
     res = verify(url, ring)
-    assert (res.ok, res.entries) == (True, 5)
+    assert (res.ok, res.entries, res.anchored) == (True, 5, 5)
+    assert res.anchor == str(anchors / f"{warehouse_id(url)}.jsonl")
     rows = _rows(url)
     assert rows[0]["prev_hash"] == GENESIS
     assert all(b["prev_hash"] == a["entry_hash"] for a, b in zip(rows, rows[1:]))
@@ -123,7 +139,7 @@ def test_rebuilt_chain_with_plain_sha256_is_a_forgery(url, ring):
     _exec(url, *stmts)
     res = verify(url, ring)
     assert (res.ok, res.first_bad_seq) == (False, 2)
-    assert "audit key" in res.problem
+    assert "not under the chain key" in res.problem
 
 
 def test_another_keyring_does_not_verify(url, ring):
@@ -194,7 +210,7 @@ def test_cli_verify_exit_codes(url, ring, tmp_path, capsys):
     keyring = str(ring.save(tmp_path / "keyring.json"))
     _log(url, ring, 3)
     assert main(["audit", "verify", "--warehouse", url, "--keyring", keyring]) == 0
-    assert capsys.readouterr().out.strip() == "OK, 3 entries"
+    assert capsys.readouterr().out.strip().startswith("OK, 3 entries, anchored at seq 3 in ")
     _exec(url, sa.update(audit_log).where(audit_log.c.seq == 2).values(payload="{}"))
     assert main(["audit", "verify", "--warehouse", url, "--keyring", keyring]) == 1
     assert "FAILED at seq 2: entry 2" in capsys.readouterr().out
@@ -254,12 +270,12 @@ def test_cli_resident_lists_only_that_residents_links_notices_and_receipts(url, 
         assert leak not in out
 
 
-def test_entries_keep_verifying_across_an_audit_key_rotation(url, ring):
+def test_entries_keep_verifying_across_a_chain_key_rotation(url, ring):
     _log(url, ring, 2)
-    ring.rotate("audit")
-    assert append(url, "key_rotation", {"purpose": "audit", "to_version": 2}, ring=ring, now=NOW) == 3
+    ring.rotate("chain")
+    assert append(url, "key_rotation", {"purpose": "chain", "to_version": 2}, ring=ring, now=NOW) == 3
     rows = _rows(url)
-    assert [r["entry_hash"][:3] for r in rows] == ["v1.", "v1.", "v2."]
+    assert [r["entry_hash"][:9] for r in rows] == ["chain:v1.", "chain:v1.", "chain:v2."]
     assert verify(url, ring).entries == 3 and verify(url, ring).ok
     _exec(url, sa.update(audit_log).where(audit_log.c.seq == 1).values(payload="{}"))
     assert verify(url, ring).first_bad_seq == 1  # an old entry is still checked, under its own version
@@ -285,3 +301,337 @@ def test_resident_record_finds_rows_under_every_link_version_held(url, ring, tmp
     ring.retire("link", 1)
     rec = resident_record(code, ring, url)
     assert rec.linked == [] and [n["notice_id"] for n in rec.notices] == ["c" * 32]
+
+
+# -- the anchor: what the warehouse alone cannot show -------------------------------------------
+def _tables(url: str) -> tuple[list[dict], list[dict]]:
+    eng = sa.create_engine(url)
+    with eng.connect() as conn:
+        log = [dict(r) for r in conn.execute(sa.select(audit_log).order_by(audit_log.c.seq)).mappings()]
+        head = [dict(r) for r in conn.execute(sa.select(audit_head)).mappings()]
+    eng.dispose()
+    return log, head
+
+
+def _restore(url: str, log: list[dict], head: list[dict]) -> None:
+    """Put both tables back as an earlier copy had them (a restored backup, or an insider's)."""
+    _exec(url, sa.delete(audit_log), sa.delete(audit_head), sa.insert(audit_log).values(log),
+          sa.insert(audit_head).values(head))
+
+
+def _anchor_lines(anchors: Path, url: str) -> list[dict]:
+    return [json.loads(line) for line in (anchors / f"{warehouse_id(url)}.jsonl").read_text().splitlines()]
+
+
+def test_every_append_anchors_the_head_in_a_private_append_only_file(url, ring, anchors):
+    _log(url, ring, 3)
+    path = anchors / f"{warehouse_id(url)}.jsonl"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    lines = _anchor_lines(anchors, url)
+    rows = _rows(url)
+    assert [(a["seq"], a["entry_hash"]) for a in lines] == [(r["seq"], r["entry_hash"]) for r in rows]
+    assert all(a["warehouse"] == warehouse_id(url) and a["mac"].startswith("chain:v1.") for a in lines)
+    assert "secret" not in path.read_text()
+
+
+def test_warehouse_ids_ignore_password_and_driver():
+    assert warehouse_id("postgresql+psycopg://u:secret@db.example/wh") == warehouse_id("postgresql://u:other@DB.example:5432/wh")
+    assert warehouse_id("postgresql://u@db.example/wh") != warehouse_id("postgresql://u@db.example/wh2")
+
+
+def test_rolled_back_trail_fails_and_append_refuses(url, ring):
+    _log(url, ring, 3)
+    old = _tables(url)  # a consistent copy of both tables at seq 3
+    for i in (4, 5):
+        append(url, "linkage_run", {"run": i}, ring=ring, now=NOW)
+    _restore(url, *old)
+    res = verify(url, ring)
+    assert (res.ok, res.first_bad_seq, res.entries, res.anchored) == (False, 4, 3, 5)
+    assert "rolled back" in res.problem and "anchor recorded seq 5" in res.problem
+    with pytest.raises(AuditError, match=r"ends at seq 3 but its anchor .* recorded seq 5.*restore audit_log and audit_head"):
+        append(url, "linkage_run", {"run": 6}, ring=ring, now=NOW)
+    assert len(_rows(url)) == 3
+
+
+def test_truncated_trail_fails(url, ring):
+    _log(url, ring)
+    _exec(url, sa.delete(audit_log).where(audit_log.c.seq >= 4))
+    res = verify(url, ring)
+    assert (res.ok, res.first_bad_seq) == (False, 4)
+    assert "truncated" in res.problem
+
+
+def test_dropped_tables_fail_and_append_refuses(url, ring):
+    _log(url, ring)
+    eng = sa.create_engine(url)
+    with eng.begin() as conn:
+        audit_log.drop(conn)
+        audit_head.drop(conn)
+    eng.dispose()
+    res = verify(url, ring)
+    assert (res.ok, res.entries, res.anchored) == (False, 0, 5)
+    assert "missing" in res.problem and "dropped" in res.problem
+    with pytest.raises(AuditError, match="ends at seq 0 but its anchor"):
+        append(url, "linkage_run", {"run": 6}, ring=ring, now=NOW)
+
+
+@pytest.mark.parametrize("tables", [[audit_log], [audit_log, audit_head]], ids=["log", "log+head"])
+def test_emptied_log_fails(url, ring, tables):
+    _log(url, ring)
+    _exec(url, *(sa.delete(t) for t in tables))
+    res = verify(url, ring)
+    assert (res.ok, res.entries) == (False, 0)
+    assert "audit_log is empty" in res.problem and "emptied" in res.problem
+
+
+def _reseal_with_match_key(url: str, attacker, from_seq: int, payload: str | None = None) -> None:
+    """Rewrite entries from ``from_seq`` on, a consistent chain and head, under the match key: what
+    a department holding a pre-/3 keyring (audit = match) could do with warehouse write access."""
+    rows = _rows(url)
+    prev = rows[from_seq - 2]["entry_hash"] if from_seq > 1 else GENESIS
+    stmts = []
+    for r in rows[from_seq - 1:]:
+        if payload is not None and r["seq"] == from_seq:
+            r["payload"] = payload
+        r["prev_hash"] = prev
+        r["entry_hash"] = prev = "v1." + attacker.mac(_message(r["seq"], r["at"], r["kind"], r["payload"], prev))
+        stmts.append(sa.update(audit_log).where(audit_log.c.seq == r["seq"]).values(
+            payload=r["payload"], prev_hash=r["prev_hash"], entry_hash=r["entry_hash"]))
+    last = rows[-1]["seq"]
+    stmts.append(sa.update(audit_head).values(seq=last, entry_hash=prev,
+                                              head_mac="v1." + attacker.mac(_head_message(last, prev))))
+    _exec(url, *stmts)
+
+
+def test_the_match_key_cannot_rewrite_the_trail(url, ring):
+    attacker = ring.subset(["match"])
+    assert not attacker.holds("chain")
+    _log(url, ring)
+    # The whole trail re-sealed as "legacy" entries: the chain alone would accept it, the anchor does not.
+    _reseal_with_match_key(url, attacker, 1, payload='{"counts":{"residents":0},"run_id":"link_residents/run1"}')
+    res = verify(url, ring)
+    assert (res.ok, res.first_bad_seq) == (False, 1)
+    assert "differs from the one anchored" in res.problem and "rewritten" in res.problem
+
+
+def test_an_unprefixed_entry_after_the_first_chain_entry_is_a_forgery(url, ring, anchors):
+    attacker = ring.subset(["match"])
+    _log(url, ring)
+    _reseal_with_match_key(url, attacker, 3, payload='{"counts":{"residents":0}}')
+    (anchors / f"{warehouse_id(url)}.jsonl").unlink()  # even with the anchor gone
+    res = verify(url, ring)
+    assert (res.ok, res.first_bad_seq, res.anchored) == (False, 3, None)
+    assert "not under the chain key, but entry 1 already was" in res.problem
+
+
+def test_legacy_match_key_entries_verify_before_the_first_chain_entry(url, ring):
+    """A trail begun before the chain key existed (entries v<N>. under the old audit = match key)
+    keeps verifying, and new entries extend it under the chain key."""
+    from renkei.warehouse import engine
+
+    eng = engine(url)
+    audit_log.metadata.create_all(eng, tables=[audit_log, audit_head])
+    eng.dispose()
+    prev, stmts = GENESIS, []
+    for seq in (1, 2):
+        at, payload = "2025-05-01T09:00:00+09:00", json.dumps({"run": seq})
+        h = "v1." + ring.mac(_message(seq, at, "linkage_run", payload, prev))
+        stmts.append(sa.insert(audit_log).values(seq=seq, at=at, kind="linkage_run", payload=payload, prev_hash=prev, entry_hash=h))
+        prev = h
+    stmts.append(sa.insert(audit_head).values(id=1, seq=2, entry_hash=prev, head_mac="v1." + ring.mac(_head_message(2, prev))))
+    _exec(url, *stmts)
+    assert verify(url, ring).ok
+    assert append(url, "linkage_run", {"run": 3}, ring=ring, now=NOW) == 3
+    res = verify(url, ring)
+    assert (res.ok, res.entries, res.anchored) == (True, 3, 3)
+    assert [r["entry_hash"][:3] for r in _rows(url)] == ["v1.", "v1.", "cha"]
+
+
+@pytest.mark.parametrize("how", ["forged", "edited", "other_warehouse", "garbage"])
+def test_an_anchor_line_that_does_not_authenticate_fails(url, ring, anchors, how):
+    _log(url, ring, 3)
+    path = anchors / f"{warehouse_id(url)}.jsonl"
+    last = _anchor_lines(anchors, url)[-1]
+    if how == "forged":
+        line = json.dumps({**last, "seq": 9, "mac": "chain:v1." + "0" * 64})
+    elif how == "edited":
+        line = json.dumps({**last, "seq": 2})
+    elif how == "other_warehouse":
+        line = json.dumps({**last, "warehouse": "0" * 32})
+    else:
+        line = "{not json"
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    res = verify(url, ring)
+    assert not res.ok
+    assert "does not authenticate" in res.problem and f"{path}:4" in res.problem
+
+
+def test_without_an_anchor_verify_checks_the_chain_and_says_not_anchored(url, ring, tmp_path, capsys, monkeypatch):
+    _log(url, ring, 2)
+    monkeypatch.setenv("RENKEI_AUDIT_ANCHOR", str(tmp_path / "elsewhere"))
+    res = verify(url, ring)
+    assert (res.ok, res.entries, res.anchored) == (True, 2, None)
+    keyring = str(ring.save(tmp_path / "keyring.json"))
+    assert main(["audit", "verify", "--warehouse", url, "--keyring", keyring]) == 0
+    assert "not anchored" in capsys.readouterr().out
+    _exec(url, sa.update(audit_log).where(audit_log.c.seq == 2).values(payload="{}"))
+    assert verify(url, ring).first_bad_seq == 2
+
+
+def test_the_default_anchor_sits_beside_the_keyring(tmp_path, ring, monkeypatch):
+    monkeypatch.delenv("RENKEI_AUDIT_ANCHOR")
+    keyring = ring.save(tmp_path / "keys" / "keyring.json")
+    monkeypatch.setenv("RENKEI_KEYRING", str(keyring))
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    _log(url, ring, 2)
+    assert (tmp_path / "keys" / "audit-anchors" / f"{warehouse_id(url)}.jsonl").exists()
+    assert verify(url, ring, keyring_path=keyring).anchored == 2
+
+
+class _Auditor(BaseHTTPRequestHandler):
+    """A tiny auditor: POST stores a head, GET ?warehouse= answers the latest one."""
+
+    heads: dict[str, list[dict]] = {}
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        rec = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.heads.setdefault(rec["warehouse"], []).append(rec)
+        self.send_response(201)
+        self.end_headers()
+
+    def do_GET(self):  # noqa: N802
+        wid = self.path.split("warehouse=", 1)[-1]
+        got = self.heads.get(wid)
+        if not got:
+            self.send_response(404)
+            self.end_headers()
+            return
+        body = json.dumps(max(got, key=lambda r: r["seq"])).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture
+def auditor():
+    _Auditor.heads = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Auditor)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/anchor", _Auditor.heads
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_http_auditor_anchors_the_head(url, ring, auditor, monkeypatch):
+    endpoint, heads = auditor
+    monkeypatch.setenv("RENKEI_AUDIT_ANCHOR", endpoint)
+    _log(url, ring, 3)
+    old = _tables(url)
+    append(url, "linkage_run", {"run": 4}, ring=ring, now=NOW)
+    assert [h["seq"] for h in heads[warehouse_id(url)]] == [1, 2, 3, 4]
+    res = verify(url, ring)
+    assert (res.ok, res.entries, res.anchored) == (True, 4, 4) and res.anchor.startswith(endpoint)
+    _restore(url, *old)
+    res = verify(url, ring)
+    assert (res.ok, res.first_bad_seq) == (False, 4) and "rolled back" in res.problem
+    with pytest.raises(AuditError, match="recorded seq 4"):
+        append(url, "linkage_run", {"run": 5}, ring=ring, now=NOW)
+
+
+def test_an_unreachable_auditor_stops_the_append_before_it_writes(tmp_path, ring, monkeypatch):
+    monkeypatch.setenv("RENKEI_AUDIT_ANCHOR", "http://127.0.0.1:9/anchor")  # discard port: nothing listens
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    with pytest.raises(AuditError, match="unreachable"):
+        append(url, "linkage_run", {"run": 1}, ring=ring, now=NOW)
+    assert not verify(url, ring).ok  # and verify says it could not check
+
+
+# -- review decisions: the decision and its entry commit together --------------------------------
+def _queue_item(url: str) -> str:
+    from renkei.warehouse import engine, ensure_schema, review_queue
+
+    eng = engine(url)
+    ensure_schema(eng)
+    with eng.begin() as conn:
+        conn.execute(sa.insert(review_queue).values(
+            item_id="a1" * 8, source="immunization", record_key="IM-0001", reason="birth_date_mismatch",
+            erk="v1.x", severity="hold", state="pending", active=True, row_hash="h" * 64,
+            first_seen_run="link_residents/r1"))
+    eng.dispose()
+    return "a1" * 8
+
+
+def test_a_review_decision_is_not_recorded_without_its_audit_entry(url, ring, anchors):
+    from renkei.linkage.review import decide, list_items
+
+    item = _queue_item(url)
+    no_chain = ring.subset([p for p in ring.purposes() if p != "chain"])
+    with pytest.raises(AuditError, match="no chain key"):
+        decide(url, item, "approved", "kensa-01", "checked", ring=no_chain)
+    stored = list_items(url)[0]
+    assert (stored["state"], stored["decided_by"]) == ("pending", None)
+    assert _rows(url) == []
+    got = decide(url, item, "approved", "kensa-01", "checked", ring=ring)
+    assert got["state"] == "approved"
+    rows = _rows(url)
+    assert [(r["seq"], r["kind"]) for r in rows] == [(1, "review_decision")]
+    assert json.loads(rows[0]["payload"])["item_id"] == item
+    res = verify(url, ring)
+    assert (res.ok, res.anchored) == (True, 1)
+
+
+def test_a_review_decision_on_a_rolled_back_trail_is_refused(url, ring):
+    from renkei.linkage.review import decide, list_items
+
+    item = _queue_item(url)
+    _log(url, ring, 2)
+    old = _tables(url)
+    append(url, "linkage_run", {"run": 3}, ring=ring, now=NOW)
+    _restore(url, *old)
+    with pytest.raises(AuditError, match="rolled back"):
+        decide(url, item, "rejected", "kensa-01", "checked", ring=ring)
+    assert list_items(url)[0]["state"] == "pending"
+
+
+def test_a_deliberate_restore_is_accepted_and_stays_visible(url, ring, tmp_path, capsys):
+    from renkei.audit.trail import accept_restore
+
+    keyring = str(ring.save(tmp_path / "keyring.json"))
+    _log(url, ring, 3)
+    backup = _tables(url)  # last night's dump
+    for i in (4, 5):
+        append(url, "linkage_run", {"run": i}, ring=ring, now=NOW)
+    with pytest.raises(AuditError, match="no restore to accept"):
+        accept_restore(url, ring, "nothing happened")
+    _restore(url, *backup)
+    assert main(["audit", "verify", "--warehouse", url, "--keyring", keyring]) == 1
+    capsys.readouterr()
+    assert main(["audit", "accept-restore", "--warehouse", url, "--keyring", keyring,
+                 "--reason", "restored renkei-2025-06-01.dump after disk loss"]) == 0
+    assert "now ends at seq 3 (the anchor had seq 5)" in capsys.readouterr().out
+    assert append(url, "linkage_run", {"run": 4}, ring=ring, now=NOW) == 4
+    res = verify(url, ring)
+    assert (res.ok, res.entries, res.anchored) == (True, 4, 4)
+    assert res.restores and "from seq 5 to seq 3: restored renkei-2025-06-01.dump" in res.restores[0]
+    assert main(["audit", "verify", "--warehouse", url, "--keyring", keyring]) == 0
+    assert "note: restored at" in capsys.readouterr().out
+
+
+def test_a_rewritten_trail_is_not_accepted_as_a_restore(url, ring):
+    from renkei.audit.trail import accept_restore
+
+    _log(url, ring, 3)
+    old = _tables(url)
+    append(url, "linkage_run", {"run": 4}, ring=ring, now=NOW)
+    _restore(url, *old)
+    _reseal_with_match_key(url, ring.subset(["match"]), 1, payload='{"run":0}')
+    with pytest.raises(AuditError, match="differs from the one anchored"):
+        accept_restore(url, ring, "looks like a restore")
+    assert not verify(url, ring).ok

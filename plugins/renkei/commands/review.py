@@ -71,7 +71,12 @@ def _decide(args: argparse.Namespace) -> int:
     if path is None and work is not None and (work / "keyring.json").exists():
         path = str(work / "keyring.json")
     ring = KeyRing.load(path) if path else None
-    item = decide(_url(args), args.item_id, args.decision, args.reviewer, args.comment, ring=ring)
+    anchor = None
+    if path and not os.environ.get("RENKEI_AUDIT_ANCHOR"):  # the default anchor lives beside this keyring
+        from renkei.audit.anchor import sink
+
+        anchor = sink(keyring=path, create=True)
+    item = decide(_url(args), args.item_id, args.decision, args.reviewer, args.comment, ring=ring, anchor=anchor)
     print(f"{item['item_id']} {item['state']} by {item['decided_by']} at {item['decided_at']} "
           f"({item['source']} {item['reason']}); the next link run honours it")
     return 0

@@ -4,14 +4,13 @@ A decision records who, when and why, and the department row it was about (its `
 Later link runs honour it: an approved ``hold`` no longer keeps its ERK from the services; a
 rejected one does, until the department changes its record, when the audit re-opens the item
 as pending (renkei.linkage.audit). Each decision is also appended to the audit trail
-(``renkei.audit.trail``, kind ``review_decision``, ids only) when that module exists; its
-keyring is loaded before the decision is stored, so a decision never lands without its entry
-for want of a key.
+(``renkei.audit.trail``, kind ``review_decision``, ids only) when that module exists, in the
+same transaction as the decision: if the entry cannot be appended (no chain key, a trail behind
+its anchor) the decision is not stored either. The trail's head is anchored after the commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -63,17 +62,19 @@ def _current_row_hash(conn: sa.Connection, item: sa.Row) -> str | None:
 
 
 def decide(warehouse_url: str, item_id: str, decision: str, reviewer: str, comment: str,
-           now: datetime | None = None, ring: KeyRing | None = None) -> dict:
+           now: datetime | None = None, ring: KeyRing | None = None, anchor: object = None) -> dict:
     """Approve or reject one item; returns the stored item. The decision covers the row as it is now.
 
-    ``ring`` signs the audit-trail entry (default: ``KeyRing.load()``, i.e. $RENKEI_KEYRING).
+    ``ring`` signs the audit-trail entry (default: ``KeyRing.load()``, i.e. $RENKEI_KEYRING);
+    ``anchor`` is where the trail's head goes (default: $RENKEI_AUDIT_ANCHOR, see
+    renkei.audit.anchor). Decision and entry commit together, or neither does.
     """
     if decision not in DECISIONS:
         raise RenkeiError(f"unknown decision {decision!r}: use {' or '.join(DECISIONS)}")
     if not reviewer.strip() or not comment.strip():
         raise RenkeiError(f"review item {item_id}: a decision needs a reviewer name and a comment: pass --reviewer and --comment")
-    append = _trail_append()
-    if append is not None and ring is None:
+    trail = _trail()
+    if trail is not None and ring is None:
         ring = KeyRing.load()
     at = format_timestamp(now or datetime.now(timezone.utc))
     eng = engine(warehouse_url)
@@ -88,19 +89,21 @@ def decide(warehouse_url: str, item_id: str, decision: str, reviewer: str, comme
                 decided_row_hash=_current_row_hash(conn, item),
             ))
             stored = dict(conn.execute(sa.select(review_queue).where(review_queue.c.item_id == item_id)).mappings().one())
+            if trail is not None:  # in this transaction: an entry that fails takes the decision with it
+                payload = {"item_id": stored["item_id"], "decision": stored["state"], "reviewer": stored["decided_by"],
+                           "reason": stored["reason"]}
+                trail.append(warehouse_url, "review_decision", payload, ring=ring, now=now, conn=conn, anchor=anchor)
     finally:
         eng.dispose()
-    if append is not None:
-        payload = {"item_id": stored["item_id"], "decision": stored["state"], "reviewer": stored["decided_by"],
-                   "reason": stored["reason"]}
-        append(warehouse_url, "review_decision", payload, ring=ring)
+    if trail is not None:
+        trail.anchor_head(warehouse_url, ring=ring, anchor=anchor)
     return stored
 
 
-def _trail_append() -> Callable[..., int] | None:
-    """``renkei.audit.trail.append`` when that module exists, else None."""
+def _trail():  # noqa: ANN202 - the renkei.audit.trail module, or None
+    """``renkei.audit.trail`` when that module exists, else None."""
     try:
-        from renkei.audit.trail import append  # noqa: PLC0415 - optional: another part of Renkei
+        from renkei.audit import trail  # noqa: PLC0415 - optional: another part of Renkei
     except ImportError:
         return None
-    return append
+    return trail
