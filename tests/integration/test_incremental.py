@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from renkei.config import ingest_sources, load_sources
-from renkei.keys.adapter import convert_row, now_jst
+from renkei.keys.adapter import convert_row, now_jst, pseudonymize, raw_location
 from renkei.linkage.mart import build_mart
 from renkei.outputs.outbox import run_services
 from renkei.warehouse import engine, staging_deleted, staging_table
@@ -211,7 +211,6 @@ def _clone(url: str, pg_factory, tmp_path: Path) -> str:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def history(request, tmp_path_factory):
     """A warehouse after a first run, review decisions and an ingest of changes (not yet linked)."""
-    from renkei.keys.adapter import pseudonymize, raw_location
     from renkei.keys.ring import KeyRing
     from renkei.linkage.review import decide, list_items
     from renkei.synth import generate
@@ -263,7 +262,8 @@ def history(request, tmp_path_factory):
     now = _scalars(url, sa.select(imm.c.erk).where(imm.c.record_id.in_(changed["moved"]["immunization"])))
     assert now and not now & old_erks, "the corrected record now belongs to another child"
     return {"url": url, "ring": ring, "changed": changed, "old_erks": old_erks, "before": before,
-            "first": (first_link, first_services), "pg_factory": pg_factory, "base": base}
+            "first": (first_link, first_services), "pg_factory": pg_factory, "base": base,
+            "extracts_url": extracts_url}
 
 
 @pytest.fixture(scope="module")
@@ -335,17 +335,40 @@ def test_incremental_touches_only_affected_residents(both):
     assert services["new"] == both["full"][1]["new"] > 0
 
 
-def test_date_events_and_no_change(both):
-    url = both["url"]
+def _own_copy(both: dict, key: str, tmp_path: Path) -> str:
+    """A copy of one of the module's warehouses for a test that changes it: the other tests
+    (in any order) see the module's state, not this test's."""
+    return _clone(both[key], both["pg_factory"], tmp_path)
+
+
+def test_date_events_and_no_change(both, tmp_path):
+    url = _own_copy(both, "url", tmp_path)
+    # The department side is copied too: this test changes a raw table and appends to the extract.
+    raw = tmp_path / "raw"
+    shutil.copytree(both["base"] / "raw", raw)
+    extracts = Path(both["extracts_url"].removeprefix("sqlite:///"))
+    shutil.copy(extracts, tmp_path / extracts.name)
+    extracts_url = f"sqlite:///{tmp_path / extracts.name}"
     assert build_mart(url, AS_OF, "link/again")["residents_touched"] == 0  # nothing new ingested
     again = run_services(url, AS_OF, "services/again")
     assert (again["mode"], again["residents_touched"], again["new"]) == ("incremental", 0, 0)
-    ev = staging_table(load_sources()["events"])
-    eng = engine(url)
-    with eng.begin() as conn:
-        conn.execute(sa.update(ev).where(ev.c.event_id == sa.select(sa.func.min(ev.c.event_id)).scalar_subquery())
-                     .values(venue="別会場", row_hash="0" * 64))
-    eng.dispose()
+    # The city moves an event to another venue in its calendar; the export adapter carries the
+    # change out and ingest stages it, as in production.
+    from renkei import ingest
+
+    ev_src = load_sources()["events"]
+    dept = Departments(raw, both["ring"])
+    moved, _ = min(dept.clean("events"), key=lambda rx: rx[1]["event_id"])
+    dept.update("events", moved, venue="別会場")
+    dept.close()
+    res = pseudonymize(ev_src, raw_location(raw, "events"), extracts_url, both["ring"])
+    assert (res.mode, res.upserts, res.deletes) == ("incremental", 1, 0)
+    settings = _settings(url, extracts_url)
+    ingest.extract(ev_src, "ingest/events", settings)
+    ingest.validate(ev_src, "ingest/events", settings)
+    ingest.load(ev_src, "ingest/events", both["ring"], settings)
+    ev = staging_table(ev_src)
+    assert _scalars(url, sa.select(ev.c.venue).where(ev.c.event_id == moved["event_id"])) == {"別会場"}
     assert run_services(url, AS_OF, "services/events")["mode"] == "full"  # every subscriber may be concerned
     nxt = AS_OF + timedelta(days=1)
     assert build_mart(url, nxt, "link/next-day")["mode"] == "full"  # ages move with the date
@@ -362,11 +385,11 @@ def test_a_full_run_in_parts_equals_one_pass(both):
     assert not _scalars(both["full_url"], sa.text("SELECT erk FROM services_held_pending"))
 
 
-def test_a_run_is_recorded_only_when_every_part_reported(both):
+def test_a_run_is_recorded_only_when_every_part_reported(both, tmp_path):
     from renkei.errors import RenkeiError
     from renkei.outputs.outbox import evaluate_part, plan_services, record_services
 
-    url = both["full_url"]
+    url = _own_copy(both, "full_url", tmp_path)
     plan = plan_services(url, AS_OF, "services/parts", parts=2, full=True)
     first = evaluate_part(url, plan, 0)
     if plan["parts"] == 2:
@@ -378,12 +401,12 @@ def test_a_run_is_recorded_only_when_every_part_reported(both):
     assert record_services(url, plan, results)["new"] == 0  # everything was already in the outbox
 
 
-def test_a_mart_emptied_by_a_crash_is_rebuilt_in_full_before_services_run(both):
+def test_a_mart_emptied_by_a_crash_is_rebuilt_in_full_before_services_run(both, tmp_path):
     # PostgreSQL empties unlogged tables on crash recovery; emptying them by hand is the same state.
     from renkei.errors import RenkeiError
     from renkei.warehouse import MART_TABLES
 
-    url = both["full_url"]
+    url = _own_copy(both, "full_url", tmp_path)
     if url.startswith("postgresql"):
         persistence = _scalars(url, sa.text(
             "SELECT DISTINCT relpersistence FROM pg_class WHERE relname IN ('mart_residents', 'mart_doses', 'linkage', 'link_flags')"))
