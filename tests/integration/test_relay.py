@@ -143,7 +143,7 @@ def test_each_notice_is_published_exactly_once_across_runs(warehouse, cfg, clien
 
 def test_message_is_the_outbox_row_as_json(warehouse, cfg, client):
     _add_notices(warehouse, 1)
-    relay_notices(warehouse, cfg)
+    relay_notices(warehouse, NoticeStreamConfig(redis_url=cfg.redis_url, stream=cfg.stream, include_facts=True))  # opted in
     [(msg_id, fields)] = client.xrange(cfg.stream)
     assert set(fields) == {b"data"}
     doc = json.loads(fields[b"data"])
@@ -153,6 +153,14 @@ def test_message_is_the_outbox_row_as_json(warehouse, cfg, client):
     notice = Notice.from_json(fields[b"data"], msg_id.decode())
     assert notice.window_end == date(2025, 5, 31) and notice.message_id == msg_id.decode()
     assert json.loads(notice.to_json()) == doc
+
+
+def test_facts_stay_off_the_stream_by_default(warehouse, cfg, client):
+    """A NoticeStreamConfig built in code, with no setting, keeps linked health facts off the stream."""
+    _add_notices(warehouse, 1)
+    relay_notices(warehouse, NoticeStreamConfig(redis_url=cfg.redis_url, stream=cfg.stream))
+    [(_, fields)] = client.xrange(cfg.stream)
+    assert json.loads(fields[b"data"])["facts"] == {}
 
 
 def test_facts_stay_off_the_stream_when_configured(warehouse, cfg, client):
