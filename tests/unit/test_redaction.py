@@ -6,6 +6,7 @@ import io
 import logging
 
 import pytest
+import structlog
 
 from renkei.logredact import EMAIL, NAME, RESIDENT_CODE, RedactingFilter, install, redact
 
@@ -111,7 +112,6 @@ def test_redact_event_masks_a_json_traceback_dict():
 
 
 def test_install_puts_the_processor_into_a_live_structlog_chain_once():
-    structlog = pytest.importorskip("structlog")
     from renkei.logsetup import install, redact_event
 
     saved = structlog.get_config()
@@ -134,9 +134,9 @@ def test_install_puts_the_processor_into_a_live_structlog_chain_once():
 
 
 def test_airflow_logging_config_is_airflows_default_and_hooks_the_processor():
-    pytest.importorskip("airflow")
-    import renkei.logsetup as logsetup
     from airflow.config_templates.airflow_local_settings import DEFAULT_LOGGING_CONFIG
+
+    import renkei.logsetup as logsetup
 
     assert logsetup.LOGGING_CONFIG == DEFAULT_LOGGING_CONFIG and logsetup.LOGGING_CONFIG is not DEFAULT_LOGGING_CONFIG
     assert logsetup.REMOTE_TASK_LOG.processors == (logsetup.redact_event,)
