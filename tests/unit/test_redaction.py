@@ -8,7 +8,7 @@ import logging
 import pytest
 import structlog
 
-from renkei.logredact import EMAIL, NAME, RESIDENT_CODE, RedactingFilter, install, redact
+from renkei.logredact import CODE, EMAIL, NAME, PHONE, RESIDENT_CODE, RedactingFilter, install, redact
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -20,6 +20,18 @@ from renkei.logredact import EMAIL, NAME, RESIDENT_CODE, RedactingFilter, instal
     ("kanji 山田　花子 and 髙橋 一郎", f"kanji {NAME} and {NAME}"),
     ("𠮷田太郎 was here", f"{NAME} was here"),
     ("reading ヤマダハナコ", f"reading {NAME}"),
+    # Issue #14 item 5: phone numbers, 10–13 digit codes, short names and readings.
+    ("call 090-1234-5678 or 093-582-2111", f"call {PHONE} or {PHONE}"),
+    ("free 0120-123-456, office (093)582-2111 / 093(582)2111", f"free {PHONE}, office {PHONE} / {PHONE}"),
+    ("tel ０９０ー１２３４ー５６７８ fax ０９３－５８２‐２１１１", f"tel {PHONE} fax {PHONE}"),
+    ("intl +81-90-1234-5678 and 090 1234 5678", f"intl {PHONE} and {PHONE}"),
+    ("run 1234567890 and 123456789012", f"run {CODE} and {CODE}"),  # was: left as is (10/12 digits)
+    ("my number 1234 5678 9012, household 1234-5678-90, 1234567890123", f"my number {CODE}, household {CODE}, {CODE}"),
+    ("ward 401064 小倉 at 令和5年8月22日", f"ward 401064 {NAME} at 令和5年8月22日"),  # was: 小倉 left (a surname too)
+    ("names 山田, 林 花 and 王・明", f"names {NAME}, {NAME} and {NAME}"),
+    ("reading ヤマダ / やまだ / ﾔﾏﾀﾞ", f"reading {NAME} / {NAME} / {NAME}"),
+    ('{"name": "\\u5c71\\u7530 \\u592a\\u90ce"}', f'{{"name": "{NAME}"}}'),  # json.dumps, ensure_ascii
+    ("data b'\\xe5\\xb1\\xb1\\xe7\\x94\\xb0'", f"data b'{NAME}'"),  # a bytes repr
 ])
 def test_masks_personal_data(text, expected):
     assert redact(text) == expected
@@ -31,8 +43,10 @@ def test_masks_personal_data(text, expected):
     "in 0.1s), watermark change_seq 1260",
     "extract immunization: 12 changes after change_seq 1248 (1 tombstones), 0 failing its suite (0.0s in the suite)",
     "erk v1.AbC12345678901xYz and notice 0000000000000000000000000000000a",  # tokens and ids stay
-    "run 1234567890 and 123456789012",  # 10 and 12 digits are not resident codes
-    "ward 401064 小倉 at 令和5年8月22日",  # short kanji words and era dates stay
+    "ward 401064 at 令和5年8月22日 (平成元年), 3件",  # era dates and single kanji stay
+    "ids 6f1c2a3b-1234-4d5e-8f90-123456789012 and 1717200000000-0, at 2025-06-01 09:00:00,123",
+    "run manual__2025-06-01T09:00:00.123456+00:00: 1,234,567,890 rows in 1717200000.123456",
+    "local 582-2111, 14 digits 12345678901234, key dept:nhi, erk v1.AbC-1234567890-xYz_0123456",
     "expect_column_values_to_be_in_set:vaccine_code",
 ])
 def test_leaves_operational_text(text):
