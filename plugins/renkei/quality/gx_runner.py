@@ -311,7 +311,7 @@ def validate_frame(
         all_passed = _collect(dated, rows, flagged) and all_passed
 
     if "parse_errors" in prepared.columns:
-        known = set(prepared.columns) | set(EXTRACT_RENAMES)
+        known = set(prepared.columns) | set(EXTRACT_RENAMES) | {WHOLE_ROW}
         for position, listed in enumerate(prepared["parse_errors"].tolist()):
             for item in _parse_error_items(listed, known):
                 flagged.setdefault(position, set()).add(RowFailure(PARSE_ERROR, item))
@@ -325,6 +325,7 @@ def validate_frame(
 
 
 UNRECOGNISED = "unrecognised"  # a parse_errors item naming no column of the source
+WHOLE_ROW = "row"  # the adapter's item for a row it could not split (row:wrong_column_count)
 
 
 def _parse_error_items(listed: Any, known: set[str]) -> list[str]:
