@@ -134,18 +134,24 @@ class DevStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self._births = 0
         self._eng: sa.Engine | None = None
+        self._airflow_eng: sa.Engine | None = None
+        self.published: list[tuple[str, str]] = []  # (source, stream id) of every change event published
 
     @classmethod
     def launch(cls, base: Path, warehouse: str, airflow_db: str, residents: int = 300, seed: int = 5,
                sweep_cron: str = "0 3 * * *", city: Path | None = None, env: dict[str, str] | None = None,
-               say: Callable[[str], None] = _quiet) -> "DevStack":
+               delivery: dict | None = None, say: Callable[[str], None] = _quiet) -> "DevStack":
         """Prepare everything under ``base`` and start the four Airflow components.
 
         The sweep runs daily at 03:00 by default here, so that what reaches the outbox was
         carried by change events, not picked up by a sweep. ``city``: a directory made by
         :func:`prepare_city` (made there first if it is not yet) whose raw tables, keyring and
         first extracts are copied instead of generating them under ``base`` — a city of a
-        million residents takes minutes to make. ``env``: extra settings for the components.
+        million residents takes minutes to make. ``env``: extra settings for the components
+        (e.g. the ``RENKEI_SMTP_*`` of a test SMTP server: the deliver_notices DAG reads them).
+        ``delivery``: top-level keys of config/delivery.yaml replaced in the stack's copy (e.g.
+        ``{"quiet_hours": {"start": "00:00", "end": "00:00", "timezone": "Asia/Tokyo"}}`` to send
+        at any hour).
         """
         import yaml
 
@@ -164,6 +170,11 @@ class DevStack:
         sources = yaml.safe_load((cfg_dir / "sources.yaml").read_text(encoding="utf-8"))
         sources["defaults"]["sweep_cron"] = sweep_cron
         (cfg_dir / "sources.yaml").write_text(yaml.safe_dump(sources, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        if delivery:
+            settings = yaml.safe_load((cfg_dir / "delivery.yaml").read_text(encoding="utf-8"))
+            settings.update(delivery)
+            (cfg_dir / "delivery.yaml").write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False),
+                                                  encoding="utf-8")
         if city is None:
             prepare_city(base, residents, seed, say)
         else:
@@ -223,9 +234,10 @@ class DevStack:
 
         for name in list(self.procs):
             self.stop(name)
-        if self._eng is not None:
-            self._eng.dispose()
-            self._eng = None
+        for eng in (self._eng, self._airflow_eng):
+            if eng is not None:
+                eng.dispose()
+        self._eng = self._airflow_eng = None
         r = redis.Redis.from_url(REDIS_URL)
         for key in r.scan_iter(f"renkei-dev-{self.tag}:*"):
             r.delete(key)
@@ -250,18 +262,28 @@ class DevStack:
             con.close()
         return dict(row) if row is not None else None
 
-    def add_birth(self) -> str:
-        """A child born 70 days ago is registered; returns the new (synthetic) resident code."""
+    def add_birth(self, born: date | None = None, guardian_email: str | None = None) -> str:
+        """A child is registered (born 70 days ago unless ``born``); returns the new (synthetic)
+        resident code. ``guardian_email``: an adult (born 1990-01-01) is registered in the same
+        household first, with that e-mail as a verified contact (registry_contact), so delivery
+        reaches the child's notices through them; use a test address (``…@example.test``)."""
         self._births += 1
         code = f"9{uuid.uuid4().int % 10**10:010d}"
-        born = tokyo_today() - timedelta(days=70)
-        self._raw_write(
-            "registry",
-            "INSERT INTO registry (resident_code, name_kana, name_kanji, birth_date, sex, ward_code, address, "
-            "household_code, status, status_date, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (code, "シンセイ ジ", "新生 児", born.isoformat(), 1, "401064", "北九州市小倉北区城内1番1号",
-             f"HDEV{self.tag}{self._births}", "resident", born.isoformat(), now_jst_text()),
-        )
+        born = born or (tokyo_today() - timedelta(days=70))
+        household = f"HDEV{self.tag}{self._births}"
+        insert = ("INSERT INTO registry (resident_code, name_kana, name_kanji, birth_date, sex, ward_code, address, "
+                  "household_code, status, status_date, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+        if guardian_email:
+            adult = f"8{uuid.uuid4().int % 10**10:010d}"
+            self._raw_write("registry", insert, (adult, "ホゴシャ テスト", "保護者 試験", "1990-01-01", 2, "401064",
+                                                 "北九州市小倉北区城内1番1号", household, "resident", "1990-01-01",
+                                                 now_jst_text()))
+            self._raw_write("registry_contact", "INSERT INTO registry_contact (resident_code, channel, address, "
+                            "verified_at, updated_at) VALUES (?,?,?,?,?)",
+                            (adult, "email", guardian_email, now_jst_text(), now_jst_text()))
+        self._raw_write("registry", insert, (code, "シンセイ ジ", "新生 児", born.isoformat(), 1, "401064",
+                                             "北九州市小倉北区城内1番1号", household, "resident", born.isoformat(),
+                                             now_jst_text()))
         return code
 
     def add_dose(self, code: str, vaccine_code: str = "HEPB", dose_number: int = 1,
@@ -319,7 +341,7 @@ class DevStack:
             return res
         event = ChangeEvent(source=source, change_seq=res.last_seq, row_count=res.written)
         for _ in range(times):
-            publish(event, load_channel(self.cfg_dir))
+            self.published.append((source, publish(event, load_channel(self.cfg_dir))))
         return res
 
     def announce(self, source: str) -> int | None:
@@ -356,6 +378,22 @@ class DevStack:
         with self._warehouse().connect() as conn:
             return set(conn.execute(sa.text("SELECT notice_id FROM notices WHERE erk = :e"), {"e": self.erk(code)}).scalars())
 
+    def notice_rows(self, code: str) -> list[dict]:
+        """Every outbox notice of resident ``code`` (duplicates kept), by service, subject, dose."""
+        cols = ("notice_id", "service", "rule_id", "rule_version", "subject", "dose_number", "kind",
+                "window_start", "window_end", "evaluated_on", "created_run_id")
+        with self._warehouse().connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT {', '.join(cols)} FROM notices WHERE erk = :e "
+                                        "ORDER BY service, subject, dose_number, kind"), {"e": self.erk(code)})
+            return [dict(r._mapping) for r in rows]
+
+    def notice_keys(self, code: str) -> list[tuple]:
+        """What identifies each notice of resident ``code``, as (service, rule_id, rule_version,
+        subject, dose_number, kind, window_start, window_end) with ISO dates — a list, so that a
+        duplicate shows."""
+        return sorted((r["service"], r["rule_id"], r["rule_version"], r["subject"], r["dose_number"], r["kind"],
+                       str(r["window_start"]), str(r["window_end"])) for r in self.notice_rows(code))
+
     def notice_states(self, notice_ids: set[str] | list[str]) -> list[dict]:
         """The lifecycle rows (``notice_events``) of these notices, oldest first ([] while the
         warehouse has no such table)."""
@@ -388,6 +426,94 @@ class DevStack:
         docs = [json.loads(f[b"data"]) for _, f in r.xrange(self.notice_stream_key())]
         r.close()
         return [d["notice_id"] for d in docs if d.get("type") != "notice_state"]
+
+    def change_stream_key(self, source: str) -> str:
+        from renkei.events.channel import load_channel
+
+        return load_channel(self.cfg_dir).key(source)
+
+    def change_stream(self, source: str) -> dict:
+        """The change stream of ``source`` as Redis holds it: ``entries`` [(stream id, event dict)],
+        ``length`` (XLEN) and, per consumer group, its ``last_delivered`` id and ``pending`` ids."""
+        import redis
+
+        key = self.change_stream_key(source)
+        r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            entries = [(sid, json.loads(f["data"])) for sid, f in r.xrange(key)]
+            groups = {}
+            for g in (r.xinfo_groups(key) if r.exists(key) else []):
+                pending = r.xpending_range(key, g["name"], min="-", max="+", count=100000)
+                groups[g["name"]] = {"last_delivered": g["last-delivered-id"],
+                                     "pending": [p["message_id"] for p in pending]}
+            return {"entries": entries, "length": r.xlen(key), "groups": groups}
+        finally:
+            r.close()
+
+    # -- the Airflow metadata database --------------------------------------------------
+    def _airflow(self) -> sa.Engine:
+        if self._airflow_eng is None:
+            self._airflow_eng = sa.create_engine(self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], pool_size=1, max_overflow=1)
+        return self._airflow_eng
+
+    def change_asset_events(self, stream_ids: list[str]) -> dict[str, dict]:
+        """Stream id → the asset event the triggerer made of that change event (``id``,
+        ``consumed_by``: ids of the dag runs that consumed it), for those it has made."""
+        with self._airflow().connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT e.id, e.extra::json -> 'payload' ->> 'message_id' AS mid, array_remove(array_agg(d.dag_run_id), NULL) "
+                "FROM asset_event e LEFT JOIN dagrun_asset_event d ON d.event_id = e.id "
+                "WHERE e.extra::json -> 'payload' ->> 'message_id' = ANY(:ids) GROUP BY e.id"), {"ids": list(stream_ids)})
+            return {mid: {"id": eid, "consumed_by": list(runs)} for eid, mid, runs in rows}
+
+    def unfinished_runs(self) -> list[tuple[str, str, str]]:
+        """(dag_id, run_id, state) of every queued or running DAG run, and ("queued-by-asset",
+        dag_id, "") for each DAG an asset event has queued that has no run yet
+        (asset_dag_run_queue): empty when the system is at rest."""
+        with self._airflow().connect() as conn:
+            runs = conn.execute(sa.text("SELECT dag_id, run_id, state FROM dag_run WHERE state IN ('queued', 'running') "
+                                        "ORDER BY dag_id, run_id")).all()
+            queued = conn.execute(sa.text("SELECT DISTINCT target_dag_id FROM asset_dag_run_queue")).scalars().all()
+        return [tuple(r) for r in runs] + [("queued-by-asset", d, "") for d in sorted(queued)]
+
+    def failed_runs(self, dag_id: str) -> list[str]:
+        """Run ids of the DAG's failed runs."""
+        with self._airflow().connect() as conn:
+            return list(conn.execute(sa.text("SELECT run_id FROM dag_run WHERE dag_id = :d AND state = 'failed' "
+                                             "ORDER BY run_id"), {"d": dag_id}).scalars())
+
+    def dag_run_state(self, dag_id: str, run_id: str) -> str | None:
+        with self._airflow().connect() as conn:
+            return conn.execute(sa.text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r"),
+                                {"d": dag_id, "r": run_id}).scalar()
+
+    def trigger(self, dag_id: str) -> str:
+        """Trigger a manual run of ``dag_id`` (`airflow dags trigger`); returns its run id."""
+        run_id = f"manual__devstack_{uuid.uuid4().hex[:12]}"
+        subprocess.run(["airflow", "dags", "trigger", dag_id, "--run-id", run_id], env=self.env, check=True,
+                       capture_output=True)
+        return run_id
+
+    # -- delivery -----------------------------------------------------------------------
+    @property
+    def delivery_url(self) -> str:
+        """The delivery database (receipts) the deliver_notices DAG writes."""
+        from renkei.delivery.receipts import default_url
+
+        return self.env.get("RENKEI_DELIVERY_URL") or default_url(Path(self.env["RENKEI_HOME"]))
+
+    def receipts(self, notice_ids: set[str] | list[str]) -> list[dict]:
+        """The delivery receipts of these notices, by notice and attempt ([] before the first run)."""
+        from renkei.delivery import receipts
+
+        eng = sa.create_engine(self.delivery_url)
+        try:
+            with eng.connect() as conn:
+                if not sa.inspect(conn).has_table(receipts.delivery_receipts.name):
+                    return []
+                return receipts.receipts_of(conn, notice_ids)
+        finally:
+            eng.dispose()
 
     def stream_watch(self) -> "StreamWatch":
         """Follows the notices stream from its current end (only what is published from now on)."""

@@ -2,14 +2,25 @@
 
 PostgreSQL holds the Airflow metadata and the warehouse; Redis carries the change events and
 the notices stream; the scheduler, dag-processor, triggerer and api-server run as separate
-processes (LocalExecutor). A department changes its data, runs the export adapter and publishes
-a change event; the notice must reach the outbox and the stream within a bound — also when the
-triggerer was down at the time, for a burst of 20 changes, and once only for duplicate events.
+processes (LocalExecutor); a real SMTP server (aiosmtpd, STARTTLS and AUTH required, a
+certificate from a CA made here) receives what deliver_notices sends. A department changes its
+data, runs the export adapter and publishes a change event; the newborn's notices — exactly the
+set computed by hand below — must reach the outbox and the stream within a bound: also when the
+triggerer was down at the time, for a burst of 20 changes, and once only for duplicate events;
+and they must reach the guardian's mailbox once each. Nothing here sleeps: every wait is on a
+condition, with a bound.
 """
 
 from __future__ import annotations
 
-import time
+import calendar
+import datetime as dt
+import email
+import email.policy
+import secrets
+import socket
+import ssl
+from datetime import date, timedelta
 
 import pytest
 
@@ -18,22 +29,228 @@ from conftest import need_service
 BOUND_S = 240  # generous: a loaded 2-core CI machine; the latency benchmark measures the real figure
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow]
 
+SMTP_USER = "renkei-e2e"
+SMTP_SENDER = "noreply@city.kitakyushu.example"  # config/delivery.yaml smtp.from
+# Send at any hour: the test must not depend on the wall clock (quiet hours are 21:00–08:00 JST).
+NO_QUIET_HOURS = {"quiet_hours": {"start": "00:00", "end": "00:00", "timezone": "Asia/Tokyo"}}
+
+
+# -- hand computation (../shared/design/SERVICES.md, config/services/*.yaml) ---------------------
+
+def _anniv(b: date, m: int) -> date:
+    """SERVICES.md: the same day-of-month m months after b; if that month has no such day, the
+    1st of the following month (born 7/31 → 2-month anniversary 10/1)."""
+    year, month0 = divmod(b.month - 1 + m, 12)
+    year, month = b.year + year, month0 + 1
+    if b.day <= calendar.monthrange(year, month)[1]:
+        return date(year, month, b.day)
+    return date(year + month // 12, month % 12 + 1, 1)
+
+
+def _reach(b: date, m: int) -> date:
+    """「生後m月に至った日」 = anniv(b, m) − 1 day."""
+    return _anniv(b, m) - timedelta(days=1)
+
+
+def test_the_hand_arithmetic_matches_the_worked_examples_of_services_md():
+    assert _anniv(date(2018, 7, 31), 2) == date(2018, 10, 1)
+    assert (_reach(date(2018, 4, 1), 2), _reach(date(2018, 4, 1), 60)) == (date(2018, 5, 31), date(2023, 3, 31))
+    # The worked example of _newborn_notices below (D = 2026-12-05, born 2026-09-26).
+    b = date(2026, 9, 26)
+    assert (_reach(b, 2), _reach(b, 12), _reach(b, 60), _reach(b, 90), b + timedelta(days=104)) == (
+        date(2026, 11, 25), date(2027, 9, 25), date(2031, 9, 25), date(2034, 3, 25), date(2027, 1, 8))
+
+
+def _newborn_notices(born: date, d: date) -> list[tuple]:
+    """The notices of a resident newborn without doses, subscriptions or NHI membership,
+    evaluated on D = born + 70 days (DevStack.add_birth), as
+    (service, rule_id, rule_version, subject, dose_number, kind, window_start, window_end).
+
+    - reach(b, 2) = anniv(b, 2) − 1: two calendar months are 59–62 days, so reach(b, 2) falls on
+      b+58 … b+61 ≤ D: dose 1 of HEPB (window to reach(12)), DPT_IPV_HIB (to reach(90)) and PCV
+      (to reach(60)) is open from reach(2); ROTA dose 1 from max(reach(2), b+42) = reach(2), to
+      b+104 (出生14週6日後).
+    - kind: `last_chance` only from legal_end − 30: ROTA's from b+74 > D, the others' years
+      away → all four `due`.
+    - Not yet: BCG (from reach(5) ≥ b+149), the M4 check-up (from reach(3) ≥ b+88), MR1 / VAR
+      (reach(12)), JE (reach(36)); no nhi_checkup (not an NHI member), no event notice (no
+      subscription).
+    - rule ids and versions: config/services/immunization.yaml (PCV is at version 2).
+
+    Worked example, D = 2026-12-05: b = 2026-09-26; reach(2) = 2026-11-26 − 1 = 2026-11-25;
+    reach(12) = 2027-09-25; reach(60) = 2031-09-25; reach(90) = 2034-03-26 − 1 = 2034-03-25;
+    b+104 = 2027-01-08 (4 + 31 + 30 + 31 + 8 days).
+    """
+    assert d - born == timedelta(days=70)
+    r2 = _reach(born, 2)
+    # The premises above, checked (a change of add_birth's age must change this function).
+    assert born + timedelta(days=58) <= r2 <= d < born + timedelta(days=104 - 30) and d < _reach(born, 3)
+    return sorted([
+        ("immunization", "imm.dpt_ipv_hib", 1, "DPT_IPV_HIB", 1, "due", str(r2), str(_reach(born, 90))),
+        ("immunization", "imm.hepb", 1, "HEPB", 1, "due", str(r2), str(_reach(born, 12))),
+        ("immunization", "imm.pcv", 2, "PCV", 1, "due", str(r2), str(_reach(born, 60))),
+        ("immunization", "imm.rota", 1, "ROTA", 1, "due", str(r2), str(born + timedelta(days=104))),
+    ])
+
+
+# Subjects by hand from config/templates/immunization_due.txt.j2 and config/delivery.yaml names
+# (vaccines, dose_labels: DPT_IPV_HIB and PCV dose 1 = 初回1回目; others "<n>回目").
+SUBJECTS = {
+    ("HEPB", 1): "【北九州市】予防接種のお知らせ（B型肝炎 1回目）",
+    ("ROTA", 1): "【北九州市】予防接種のお知らせ（ロタウイルス 1回目）",
+    ("DPT_IPV_HIB", 1): "【北九州市】予防接種のお知らせ（5種混合 初回1回目）",
+    ("PCV", 1): "【北九州市】予防接種のお知らせ（小児用肺炎球菌 初回1回目）",
+}
+
+
+def _jdate(d: date) -> str:
+    return f"{d.year}年{d.month}月{d.day}日（{'月火水木金土日'[d.weekday()]}）"
+
+
+# -- a real SMTP server: STARTTLS and AUTH (PLAIN / LOGIN) required -------------------------------
+
+def _make_ca_and_server_cert(folder) -> tuple:
+    """A CA and a server certificate it signs for 127.0.0.1 / localhost; returns (ca.pem, cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    import ipaddress
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Renkei e2e test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+          .not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class Mailbox:
+    """What the SMTP server accepted: each message with its envelope, TLS and login; every AUTH try."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+        self.messages: list[dict] = []
+        self.logins: list[tuple[str, str, bool]] = []  # (mechanism, login, accepted)
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):  # noqa: ANN001 - aiosmtpd hook
+        from aiosmtpd.smtp import AuthResult
+
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        ok = (login, password) == (self.user, self.password)
+        self.logins.append((mechanism, login, ok))
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)  # refused: 535
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802 - aiosmtpd hook
+        self.messages.append({
+            "rcpt": list(envelope.rcpt_tos), "mail_from": envelope.mail_from, "tls": session.ssl is not None,
+            "login": session.auth_data.login.decode() if session.authenticated else None,
+            "msg": email.message_from_bytes(envelope.content, policy=email.policy.default),
+        })
+        return "250 OK"
+
+    def to(self, address: str) -> list[dict]:
+        return [m for m in self.messages if address in m["rcpt"]]
+
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, pg_factory):
+def smtp(tmp_path_factory):
+    from aiosmtpd.controller import Controller
+
+    folder = tmp_path_factory.mktemp("smtp")
+    ca, cert, key = _make_ca_and_server_cert(folder)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    box = Mailbox(SMTP_USER, secrets.token_hex(12))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctl = Controller(box, hostname="127.0.0.1", port=port, tls_context=tls, require_starttls=True,
+                     auth_required=True, auth_require_tls=True, authenticator=box.authenticate)
+    ctl.start()
+    box.port, box.ca_file = port, str(ca)
+    box.env = {"RENKEI_SMTP_HOST": "127.0.0.1", "RENKEI_SMTP_PORT": str(port), "RENKEI_SMTP_STARTTLS": "true",
+               "RENKEI_SMTP_CA_FILE": str(ca), "RENKEI_SMTP_USER": SMTP_USER, "RENKEI_SMTP_PASSWORD": box.password}
+    yield box
+    ctl.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, pg_factory, smtp):
     need_service("Redis", "127.0.0.1", 6379)
     from renkei.devstack import DevStack
 
-    s = DevStack.launch(tmp_path_factory.mktemp("e2e"), warehouse=pg_factory(), airflow_db=pg_factory())
+    s = DevStack.launch(tmp_path_factory.mktemp("e2e"), warehouse=pg_factory(), airflow_db=pg_factory(),
+                        env=smtp.env, delivery=NO_QUIET_HOURS)
     yield s
     s.shutdown()
 
 
-def _wait(stack, what, check):
+# -- waiting and observing ----------------------------------------------------------------------
+
+def _wait(stack, what, check, state=None):
+    """Wait for ``check()``; on a timeout the failure shows ``state()`` (what was seen last)."""
     try:
-        return stack.wait_for(what, check, BOUND_S)
+        return stack.wait_for(what, check, BOUND_S, poll=1.0)
     except (TimeoutError, RuntimeError) as exc:
-        pytest.fail(str(exc))
+        pytest.fail(f"{exc}" + (f"; last seen: {state()}" if state is not None else ""))
+
+
+def _finished(stack, dag_id: str, run_id: str) -> str:
+    """Wait until the DAG run is over; its final state."""
+    _wait(stack, f"{dag_id} run {run_id} to finish",
+          lambda: stack.dag_run_state(dag_id, run_id) in ("success", "failed"))
+    return stack.dag_run_state(dag_id, run_id)
+
+
+def _written_notices(stack, code: str, what: str) -> list[dict]:
+    """The child's notices once the services run(s) that wrote them have finished."""
+    _wait(stack, what, lambda: bool(stack.notice_rows(code)))
+    for run in sorted({r["created_run_id"] for r in stack.notice_rows(code)}):
+        dag_id, run_id = run.split("/", 1)
+        assert _finished(stack, dag_id, run_id) == "success", f"{run} did not succeed"
+    return stack.notice_rows(code)
+
+
+def _assert_exact_notices(stack, code: str, born: date, today: date) -> list[dict]:
+    rows = stack.notice_rows(code)
+    # D is the services run's date (Asia/Tokyo); a run just after midnight evaluates the next day.
+    days = {r["evaluated_on"] for r in rows}
+    assert days <= {today, today + timedelta(days=1)}, f"evaluated on {sorted(days)}, not {today}"
+    expected = _newborn_notices(born, today)
+    got = stack.notice_keys(code)
+    assert got == expected, f"missing {sorted(set(expected) - set(got))}; unexpected or duplicated " \
+                            f"{sorted(set(got) - set(expected)) or [k for k in got if got.count(k) > 1]}"
+    return rows
+
+
+def _birth(stack, **kw) -> tuple[str, date, date]:
+    from renkei.devstack import tokyo_today
+
+    today = tokyo_today()
+    born = today - timedelta(days=70)
+    return stack.add_birth(born=born, **kw), born, today
 
 
 def _announce_first_exports(stack) -> None:
@@ -52,39 +269,172 @@ def _announce_first_exports(stack) -> None:
     eng.dispose()
 
 
+def _sid(stream_id: str) -> tuple[int, int]:
+    ms, seq = stream_id.split("-")
+    return int(ms), int(seq)
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
 def test_change_events_drive_the_chain_to_the_stream(stack):
     _announce_first_exports(stack)
-    code = stack.add_birth()
+    code, born, today = _birth(stack)
     stack.export_and_publish("registry")
-    _wait(stack, "notices for the newborn", lambda: len(stack.notices_for(code)) >= 3)
-    ids = stack.notices_for(code)
+    _written_notices(stack, code, "notices for the newborn")
+    ids = {r["notice_id"] for r in _assert_exact_notices(stack, code, born, today)}
     _wait(stack, "the newborn's notices on the stream", lambda: ids <= set(stack.stream_notice_ids()))
+    on_stream = stack.stream_notice_ids()
+    assert sorted(n for n in on_stream if n in ids) == sorted(ids), "a notice was published to the stream twice"
 
 
 def test_a_change_made_while_the_triggerer_is_down_still_arrives(stack):
+    from renkei.events.channel import load_channel
+
+    group = load_channel(stack.cfg_dir).group
     stack.stop("triggerer")
-    code = stack.add_birth()
-    stack.export_and_publish("registry")
-    time.sleep(3)
+    assert "triggerer" not in stack.procs
+    code, born, today = _birth(stack)
+    res = stack.export_and_publish("registry")
+    source, sid = stack.published[-1]
+    # The event is durably on the change stream, and the consumer group has not taken it yet.
+    ch = stack.change_stream("registry")
+    entry = dict(ch["entries"]).get(sid)
+    assert entry is not None and (entry["source"], entry["change_seq"]) == ("registry", res.last_seq)
+    assert ch["length"] == len(ch["entries"]) >= 1
+    assert group in ch["groups"], f"the triggerer never created group {group}: {ch['groups']}"
+    assert _sid(ch["groups"][group]["last_delivered"]) < _sid(sid) and sid not in ch["groups"][group]["pending"]
+    assert stack.change_asset_events([sid]) == {}
+    assert stack.notice_rows(code) == []
+
     stack.start("triggerer")
-    _wait(stack, "notices after the triggerer restarted", lambda: len(stack.notices_for(code)) >= 3)
+    _wait(stack, "the change event taken from the stream after the triggerer restarted",
+          lambda: sid in stack.change_asset_events([sid]))
+    _written_notices(stack, code, "notices after the triggerer restarted")
+    _assert_exact_notices(stack, code, born, today)
+    after = stack.change_stream("registry")["groups"][group]
+    assert _sid(after["last_delivered"]) >= _sid(sid) and sid not in after["pending"]  # taken and acknowledged
 
 
 def test_a_burst_of_twenty_changes_all_reach_the_outbox(stack):
-    codes = []
+    births = []
     for _ in range(20):
-        codes.append(stack.add_birth())
+        births.append(_birth(stack))
         stack.export_and_publish("registry")
-    _wait(stack, "notices for all 20 children", lambda: all(len(stack.notices_for(c)) >= 3 for c in codes))
+    for i, (code, _, _) in enumerate(births):
+        _written_notices(stack, code, f"notices for child {i + 1} of 20")
+    for code, born, today in births:
+        _assert_exact_notices(stack, code, born, today)
 
 
 def test_duplicate_events_give_one_notice_per_idempotency_key(stack):
-    code = stack.add_birth()
+    code, born, today = _birth(stack)
     stack.export_and_publish("registry", times=5)
-    _wait(stack, "notices for the child", lambda: len(stack.notices_for(code)) >= 3)
-    ids = stack.notices_for(code)
-    _wait(stack, "the child's notices on the stream", lambda: ids <= set(stack.stream_notice_ids()))
-    time.sleep(20)  # let the remaining duplicate-triggered runs finish
+    sids = [sid for _, sid in stack.published[-5:]]
+    assert len(set(sids)) == 5
+    _written_notices(stack, code, "notices for the child")
+
+    def at_rest() -> bool:
+        # The triggerer made an asset event of every duplicate, and nothing they set off (ingest,
+        # then link, services, relay, delivery) is still queued — as a run or in
+        # asset_dag_run_queue — or running. An event that arrives while its DAG is already queued
+        # by an earlier one is absorbed (Airflow queues a DAG once and its run consumes the
+        # events up to the queueing time): no run consumes it, and none is still to come.
+        events = stack.change_asset_events(sids)
+        return len(events) == 5 and not stack.unfinished_runs()
+
+    _wait(stack, "the five duplicates' runs, and all they set off, to finish", at_rest,
+          lambda: f"asset events {stack.change_asset_events(sids)}, unfinished {stack.unfinished_runs()}")
+    assert stack.change_asset_events(sids[:1])[sids[0]]["consumed_by"], "the first event triggered no run"
+    ids = {r["notice_id"] for r in _assert_exact_notices(stack, code, born, today)}
     on_stream = stack.stream_notice_ids()
-    assert stack.notices_for(code) == ids
+    assert sorted(n for n in on_stream if n in ids) == sorted(ids), "a child's notice is missing from the stream or on it twice"
     assert len(on_stream) == len(set(on_stream)), "a notice was published to the stream twice"
+
+
+@pytest.fixture(scope="module")
+def guardian_child(stack):
+    """A newborn whose household adult has a verified test e-mail, registered and announced;
+    (address, code, born, today) once the child's notices are in the outbox."""
+    address = f"guardian-{stack.tag}@example.test"  # a test contact, no real person
+    code, born, today = _birth(stack, guardian_email=address)
+    stack.export_and_publish("registry")
+    _written_notices(stack, code, "notices for the guardian's child")
+    return address, code, born, today
+
+
+def test_deliver_notices_sends_each_notice_once_over_starttls_with_auth(stack, smtp, guardian_child):
+    address, code, born, today = guardian_child
+    rows = {r["notice_id"]: r for r in _assert_exact_notices(stack, code, born, today)}
+
+    def delivered() -> bool:
+        if failed := stack.failed_runs("deliver_notices"):  # e.g. the SMTP settings: no use waiting
+            pytest.fail(f"deliver_notices runs failed: {failed}; task logs under {stack.base}/work/airflow/logs")
+        return len(smtp.to(address)) >= len(rows)
+
+    _wait(stack, "the child's notices in the guardian's mailbox", delivered)
+
+    for _ in range(2):  # the DAG runs twice more: nothing is sent again
+        run_id = stack.trigger("deliver_notices")
+        assert _finished(stack, "deliver_notices", run_id) == "success"
+
+    got = smtp.to(address)
+    assert sorted(m["msg"]["X-Renkei-Notice"] for m in got) == sorted(rows), "not one message per notice"
+    for m in got:
+        n = rows[m["msg"]["X-Renkei-Notice"]]
+        msg = m["msg"]
+        assert (m["rcpt"], m["tls"], m["login"], m["mail_from"]) == ([address], True, SMTP_USER, SMTP_SENDER)
+        assert msg["To"] == address and msg["Message-ID"] == f"<{n['notice_id']}@city.kitakyushu.example>"
+        assert msg["Subject"] == SUBJECTS[(n["subject"], n["dose_number"])]
+        body = msg.get_content()
+        assert f"接種できる期間：{_jdate(n['window_start'])}から{_jdate(n['window_end'])}まで" in body
+        assert born.isoformat() not in body and _jdate(born) not in body  # no linked facts
+    receipts = [(r["notice_id"], r["attempt"], r["status"], r["reason"], r["channel"]) for r in stack.receipts(rows)]
+    assert receipts == sorted((nid, 1, "sent", None, "email") for nid in rows)
+    assert smtp.logins and all(ok and login == SMTP_USER for _, login, ok in smtp.logins)
+
+
+@pytest.mark.parametrize("case, change, error, says", [
+    ("a wrong password", {"RENKEI_SMTP_PASSWORD": "not-the-password"}, "ChannelSetupError",
+     "refused the login (535): check RENKEI_SMTP_USER / RENKEI_SMTP_PASSWORD"),
+    ("no AUTH", {"RENKEI_SMTP_USER": None, "RENKEI_SMTP_PASSWORD": None}, "ChannelSetupError",
+     "refuses mail before STARTTLS or authentication (530); no login is configured"),
+    ("no STARTTLS", {"RENKEI_SMTP_STARTTLS": "false", "RENKEI_SMTP_USER": None, "RENKEI_SMTP_PASSWORD": None,
+                     "RENKEI_SMTP_CA_FILE": None}, "ChannelSetupError",
+     "refuses mail before STARTTLS or authentication (530); STARTTLS is off"),
+    ("credentials without STARTTLS", {"RENKEI_SMTP_STARTTLS": "false", "RENKEI_SMTP_CA_FILE": None}, "ConfigError",
+     "the password would cross the network in clear"),
+    ("an untrusted certificate", {"RENKEI_SMTP_CA_FILE": None}, "ChannelSetupError",
+     "its TLS certificate is not trusted"),
+])
+def test_delivery_without_auth_tls_or_the_right_password_fails_clearly(stack, smtp, guardian_child, tmp_path,
+                                                                       monkeypatch, case, change, error, says):
+    """The DAG's entry point (deliver_from_env) with the stack's settings but one: it stops with an
+    error naming the setting to fix, sends nothing, spends no attempt, and names no recipient."""
+    from renkei.delivery.deliver import deliver_from_env
+    from renkei.errors import RenkeiError
+
+    accepted = len(smtp.messages)
+    delivery_db = tmp_path / "delivery.db"
+    for name, value in stack.env.items():
+        if name.startswith("RENKEI_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RENKEI_DELIVERY_URL", f"sqlite:///{delivery_db}")  # not the stack's receipts
+    for name, value in change.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(RenkeiError) as raised:
+        deliver_from_env(dt.datetime.now(dt.timezone.utc))
+    text = str(raised.value)
+    assert type(raised.value).__name__ == error and says in text, f"{case}: {type(raised.value).__name__}: {text}"
+    assert "@" not in text and smtp.password not in text and "not-the-password" not in text
+    assert len(smtp.messages) == accepted, f"{case}: a message was accepted"
+    if delivery_db.exists():
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(f"sqlite:///{delivery_db}")
+        with eng.connect() as conn:
+            spent = conn.execute(sa.text("SELECT count(*) FROM delivery_receipts WHERE status IN ('sent', 'failed')")).scalar()
+        eng.dispose()
+        assert spent == 0, f"{case}: {spent} sent/failed receipts"

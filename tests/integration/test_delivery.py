@@ -16,6 +16,7 @@ import dataclasses
 import email
 import email.policy
 import json
+import re
 import socket
 from datetime import date, datetime
 from pathlib import Path
@@ -455,3 +456,28 @@ def test_explain_shows_the_lifecycle_and_what_a_notice_replaces(world, capsys, m
     assert main(["explain", "child_m4", "--work", str(work)]) == 0
     out = capsys.readouterr().out
     assert "replaces   child_m4_before\nstate      pending\nfacts used\n" in out
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"RENKEI_SMTP_USER": "city", "RENKEI_SMTP_PASSWORD": "pw"}, "the password would cross the network in clear"),
+    ({"RENKEI_SMTP_STARTTLS": "true", "RENKEI_SMTP_USER": "city"}, "only one of RENKEI_SMTP_USER and RENKEI_SMTP_PASSWORD"),
+    ({"RENKEI_SMTP_STARTTLS": "yes please"}, "RENKEI_SMTP_STARTTLS is 'yes please'"),
+    ({"RENKEI_SMTP_CA_FILE": "/nonexistent/ca.pem"}, "a CA file is set but STARTTLS is off"),
+    ({"RENKEI_SMTP_STARTTLS": "true", "RENKEI_SMTP_CA_FILE": "/nonexistent/ca.pem"}, "/nonexistent/ca.pem is not a readable file"),
+])
+def test_smtp_settings_refuse_clear_text_credentials_and_half_set_tls(env, says):
+    from renkei.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)) as raised:
+        load_delivery_config(env=env)
+    assert "pw" not in str(raised.value).replace("password", "")
+
+
+def test_smtp_settings_from_env_turn_on_starttls_with_a_ca_file_and_login(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    smtp = load_delivery_config(env={"RENKEI_SMTP_STARTTLS": "true", "RENKEI_SMTP_CA_FILE": str(ca),
+                                     "RENKEI_SMTP_USER": "city", "RENKEI_SMTP_PASSWORD": "pw"}).smtp
+    assert (smtp.starttls, smtp.ca_file, smtp.user, smtp.password) == (True, str(ca), "city", "pw")
+    assert "pw" not in repr(smtp)
+    assert load_delivery_config(env={}).smtp.starttls is False  # the shipped default: a local relay on port 25

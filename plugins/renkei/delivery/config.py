@@ -23,10 +23,11 @@ class SmtpSettings:
     host: str
     port: int
     sender: str  # the From header
-    starttls: bool = False
+    starttls: bool = False  # STARTTLS is required: a server that does not offer it is refused
     timeout_s: float = 10.0
-    user: str | None = None
+    user: str | None = None  # AUTH (PLAIN/LOGIN, whatever smtplib picks); only over STARTTLS
     password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None  # PEM CA(s) the server certificate must chain to; None: the system's
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,37 @@ class _Check:
         return {str(k): self.text(v, f"{key}.{k}") for k, v in self.mapping(node, key).items()}
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _starttls(c: _Check, node: Any, env_value: str | None) -> bool:
+    """smtp.starttls (a YAML boolean), RENKEI_SMTP_STARTTLS (true/false) first."""
+    if env_value:
+        if env_value.strip().lower() in _TRUE | _FALSE:
+            return env_value.strip().lower() in _TRUE
+        raise c.fail("smtp.starttls", f"RENKEI_SMTP_STARTTLS is {env_value!r}", "set it to true or false")
+    if not isinstance(node, bool):
+        raise c.fail("smtp.starttls", f"expected true or false, got {node!r}", "write starttls: true (or false)")
+    return node
+
+
+def _check_smtp_security(c: _Check, smtp: SmtpSettings) -> None:
+    """Credentials only together and only over STARTTLS; a CA file only with STARTTLS, and readable."""
+    if bool(smtp.user) != bool(smtp.password):
+        raise c.fail("smtp", "only one of RENKEI_SMTP_USER and RENKEI_SMTP_PASSWORD is set",
+                     "set both (SMTP AUTH) or neither")
+    if smtp.user and not smtp.starttls:
+        raise c.fail("smtp.starttls", "RENKEI_SMTP_USER is set but STARTTLS is off: the password would cross the "
+                     "network in clear", "set smtp.starttls: true (or RENKEI_SMTP_STARTTLS=true)")
+    if smtp.ca_file is not None:
+        if not smtp.starttls:
+            raise c.fail("smtp.ca_file", "a CA file is set but STARTTLS is off, so nothing would be verified",
+                         "set smtp.starttls: true or remove the CA file")
+        if not Path(smtp.ca_file).is_file():
+            raise c.fail("smtp.ca_file", f"{smtp.ca_file} is not a readable file",
+                         "point smtp.ca_file / RENKEI_SMTP_CA_FILE at the PEM file of the CA that signed the server certificate")
+
+
 def delivery_config_path() -> Path:
     return Settings.from_env().config_dir / "delivery.yaml"
 
@@ -148,7 +180,7 @@ def load_delivery_config(path: Path | str | None = None, env: dict[str, str] | N
     if any(s == "smtp" for n, s in senders.items() if n != "email"):
         raise c.fail("channels.senders", "only the email channel can be sent by smtp", "set the others to unsupported")
 
-    s = c.mapping(top["smtp"], "smtp", {"host", "port", "from", "starttls", "timeout_s"})
+    s = c.mapping(top["smtp"], "smtp", {"host", "port", "from", "starttls", "ca_file", "timeout_s"})
     port_text = env.get("RENKEI_SMTP_PORT")
     try:
         port = int(port_text) if port_text else c.number(s.get("port"), "smtp.port", 1)
@@ -158,11 +190,13 @@ def load_delivery_config(path: Path | str | None = None, env: dict[str, str] | N
         host=env.get("RENKEI_SMTP_HOST") or c.text(s.get("host"), "smtp.host"),
         port=port,
         sender=env.get("RENKEI_SMTP_FROM") or c.text(s.get("from"), "smtp.from"),
-        starttls=bool(s.get("starttls", False)),
+        starttls=_starttls(c, s.get("starttls", False), env.get("RENKEI_SMTP_STARTTLS")),
         timeout_s=float(c.number(s.get("timeout_s", 10), "smtp.timeout_s", 0.1, integer=False)),
         user=env.get("RENKEI_SMTP_USER") or None,
         password=env.get("RENKEI_SMTP_PASSWORD") or None,
+        ca_file=env.get("RENKEI_SMTP_CA_FILE") or (c.text(s["ca_file"], "smtp.ca_file") if s.get("ca_file") is not None else None),
     )
+    _check_smtp_security(c, smtp)
 
     q = c.mapping(top["quiet_hours"], "quiet_hours", {"start", "end", "timezone"})
     try:

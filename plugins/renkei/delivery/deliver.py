@@ -14,7 +14,11 @@ in this order (the first that applies wins; each decision is one receipt):
 6. the first preferred contact's channel has no sender      → suppressed/unsupported_channel (final)
 7. quiet hours                                              → suppressed/quiet_hours (deferred)
 8. send: `sent`, or `failed` with the error class (retried with backoff up to max_attempts);
-   after an error that means the channel itself is down, the rest wait for the next run.
+   after an error that means the channel itself is down, the rest wait for the next run. A
+   settings problem no retry cures (STARTTLS not offered or its certificate untrusted, the
+   login refused, the server demanding authentication: channels.ChannelSetupError) stops the
+   run with that error and records nothing for the notice — the DAG task fails, naming the
+   setting to fix; no attempt of any notice is spent on it.
 
 Immediately before each send the notice's state is read from the warehouse again, so a
 withdrawal committed after this run read the outbox still stops it (suppressed/withdrawn). A
