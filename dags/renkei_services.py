@@ -6,7 +6,8 @@ calendar even when no data changed. Notice ids are deterministic, so a re-run ad
 plan → evaluate (mapped: a full run on PostgreSQL is split by ERK hash into
 RENKEI_SERVICES_PARTS parts that run side by side; each writes its own new notices) → record
 (once every part succeeded: the base of the next incremental run). Emits renkei_outbox_notices
-with the counts. Each run appends a `notice_published` entry (counts, new notice ids) to the
+with the counts. Then seal_contacts stores a contact token for each newly notified resident
+(renkei.outputs.contacts), which is what delivery opens instead of the ERK. Each run appends a `notice_published` entry (counts, new notice ids) to the
 audit trail.
 """
 
@@ -62,8 +63,16 @@ def proactive_services():
         context["outlet_events"][OUTBOX_NOTICES].extra = counts
         return counts
 
+    @task
+    def seal_contacts() -> dict:
+        from renkei.keys.ring import KeyRing
+        from renkei.outputs.contacts import seal_contacts as seal
+        from renkei.settings import Settings
+
+        return seal(Settings.from_env().warehouse_url, KeyRing.load())
+
     parts = plan()
-    record(parts, evaluate.expand(part=parts))
+    record(parts, evaluate.expand(part=parts)) >> seal_contacts()
 
 
 proactive_services()

@@ -266,6 +266,16 @@ notices = sa.Table(
     sa.Column("replaces", sa.String(64)),  # the notice this one supersedes (notice_events), if any
 )
 
+# The contact token of each notified resident: AES-SIV(k_contact, resident code), sealed by the
+# pipeline (renkei.outputs.contacts) so that delivery, which holds only the contact key, finds
+# the contact without being able to open an ERK. Keyed by the ERK (re-sealed on link rotation).
+notice_contacts = sa.Table(
+    "notice_contacts", metadata,
+    sa.Column("erk", sa.String(120), primary_key=True),
+    sa.Column("contact_token", sa.String(120), nullable=False),
+    sa.Column("sealed_at", TS, nullable=False),
+)
+
 # The notice lifecycle after creation (ARCHITECTURE.md, notice lifecycle): append-only
 # transitions of an outbox notice. A notice's state is its latest event's (none: pending):
 # withdrawn (its basis is gone), superseded (the rule asks for another notice, superseded_by),

@@ -201,7 +201,8 @@ def test_dag_hooks_record_counts_key_versions_and_new_notice_ids(tmp_path, ring,
     assert record_linkage_run(url, "link_residents/b", date(2025, 6, 1), {"residents": 3}) == 1  # ring from the env
     assert record_notices_published(url, "proactive_services/b", date(2025, 6, 1), {"new": 2}, ring=ring) == 2
     first, second = (json.loads(r["payload"]) for r in _rows(url))
-    assert first["key_versions"]["link"] == {"current": 1, "versions": [1]} and first["counts"] == {"residents": 3}
+    link = next(k for k in first["key_versions"] if k["purpose"] == "link")
+    assert link == {"purpose": "link", "current": 1, "versions": [1]} and first["counts"] == {"residents": 3}
     assert second["notice_ids"] == ["n1", "n2"] and second["as_of"] == "2025-06-01"
     assert verify(url, ring).ok
 

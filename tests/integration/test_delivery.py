@@ -175,14 +175,20 @@ def _build_world(tmp_path: Path, smtp_port: int, wh_url: str, dl_url: str) -> di
             for sid, w, topic, on, off in SUBSCRIPTIONS])
         conn.execute(events.insert(), [EVENT | {"updated_at": "2025-05-01T00:00:00+09:00", "row_hash": "e", "loaded_run_id": "t"}])
     eng.dispose()
-    settings = DeliverySettings(wh_url, dl_url, raw, tmp_path / "keyring.json")
+    # The pipeline's step after services: a contact token per notified resident. Delivery then
+    # works with its own keyring, the contact key only (`renkei keys export --for delivery`).
+    from renkei.outputs.contacts import seal_contacts
+
+    assert seal_contacts(wh_url, ring) == {"sealed": len({n[0] for n in NOTICES.values()}), "unopened": 0}
+    ring.subset(["contact"]).save(tmp_path / "delivery-keyring.json")
+    settings = DeliverySettings(wh_url, dl_url, raw, tmp_path / "delivery-keyring.json")
     cfg = load_delivery_config(env={"RENKEI_SMTP_HOST": "127.0.0.1", "RENKEI_SMTP_PORT": str(smtp_port)})
     cfg = dataclasses.replace(cfg, rate_per_second=1000.0)
     return {"settings": settings, "config": cfg, "ring": ring, "work": tmp_path}
 
 
 def _run(world, now: datetime, **kw):
-    return deliver(world["settings"], now, config=world["config"], ring=world["ring"], **kw)
+    return deliver(world["settings"], now, config=world["config"], ring=KeyRing.load(world["settings"].keyring_path), **kw)
 
 
 def _receipts(world) -> dict[str, list[tuple]]:
@@ -481,3 +487,24 @@ def test_smtp_settings_from_env_turn_on_starttls_with_a_ca_file_and_login(tmp_pa
     assert (smtp.starttls, smtp.ca_file, smtp.user, smtp.password) == (True, str(ca), "city", "pw")
     assert "pw" not in repr(smtp)
     assert load_delivery_config(env={}).smtp.starttls is False  # the shipped default: a local relay on port 25
+
+
+def test_a_notice_without_its_contact_token_waits_for_the_pipeline(world, smtp):
+    """Delivery holds only the contact key: until the pipeline sealed a resident's contact token
+    (seal_contacts after services), the notice waits — no receipt, no retry spent — and goes
+    out on the run after the token appears."""
+    from renkei.outputs.contacts import seal_contacts
+    from renkei.warehouse import notice_contacts
+
+    _, inbox = smtp
+    eng = engine(world["settings"].warehouse_url)
+    with eng.begin() as conn:
+        conn.execute(notice_contacts.delete().where(notice_contacts.c.erk == world["ring"].seal("link", CODES["T"])))
+    eng.dispose()
+    first = _run(world, MORNING)
+    assert first.counts()["by_service"]["event"]["awaiting_contact_token"] == 1
+    assert "event_ok" not in _receipts(world) and "t@example.com" not in inbox.by_recipient()
+    assert seal_contacts(world["settings"].warehouse_url, world["ring"]) == {"sealed": 1, "unopened": 0}
+    _run(world, MORNING.replace(hour=11))
+    assert len(inbox.by_recipient()["t@example.com"]) == 1
+    assert ("sent", None, "email") in _receipts(world)["event_ok"]

@@ -200,3 +200,33 @@ def test_upgrade_from_shared_key_digests(tmp_path):
     k = base64.urlsafe_b64decode(old["purposes"]["audit"]["keys"]["1"] + "==")
     got = _rows(wh, "SELECT name_digest FROM staging_immunization")[0]["name_digest"]
     assert got == "v1." + hmac.new(k, NORM_KANA.encode(), hashlib.sha256).hexdigest()
+
+
+def test_delivery_finds_a_contact_token_but_cannot_open_an_erk(tmp_path, holders):
+    """The pipeline seals a contact token per notified resident; delivery's keyring (contact only)
+    opens that token to the resident code it needs, and nothing else: no ERK of the warehouse."""
+    from renkei.outputs.contacts import seal_contacts
+    from renkei.warehouse import engine, ensure_schema, notices
+
+    url = f"sqlite:///{tmp_path / 'wh.db'}"
+    pipeline, delivery = holders["pipeline"], holders["delivery"]
+    erk = pipeline.seal("link", CODE)
+    eng = engine(url)
+    ensure_schema(eng)
+    with eng.begin() as conn:
+        conn.execute(notices.insert(), [{
+            "notice_id": "n1", "service": "immunization", "kind": "due", "erk": erk, "rule_id": "imm.hepb",
+            "rule_version": 1, "subject": "HEPB", "dose_number": 1, "window_start": __import__("datetime").date(2025, 6, 1),
+            "window_end": __import__("datetime").date(2025, 7, 1), "evaluated_on": __import__("datetime").date(2025, 6, 1),
+            "facts": "{}", "created_run_id": "r", "created_at": "2025-06-01T06:00:00+09:00"}])
+    eng.dispose()
+    assert seal_contacts(url, pipeline) == {"sealed": 1, "unopened": 0}
+    assert seal_contacts(url, pipeline) == {"sealed": 0, "unopened": 0}  # idempotent
+    token = _rows(url, "SELECT erk, contact_token FROM notice_contacts")[0]
+    assert token["erk"] == erk and delivery.open("contact", token["contact_token"]) == CODE
+    with pytest.raises(KeyRingError, match="no key for purpose 'link'"):
+        delivery.open("link", erk)
+    with pytest.raises(KeyRingError, match="does not authenticate"):
+        delivery.open("contact", erk)  # an ERK is not a contact token, even under the contact purpose
+    with pytest.raises(KeyRingError, match="no contact key"):
+        seal_contacts(url, holders["dept:nhi"])

@@ -274,10 +274,10 @@ def test_a_department_keyring_holds_its_own_key_only_and_opens_nothing_of_the_pi
 
 
 @pytest.mark.parametrize("holder,expected", [
-    ("pipeline", ["chain", "dept:children_bureau", "dept:digital_office", "dept:health_bureau", "dept:nhi",
+    ("pipeline", ["chain", "contact", "dept:children_bureau", "dept:digital_office", "dept:health_bureau", "dept:nhi",
                   "dept:ward_office", "link", "match"]),
     ("auditor", ["chain"]),
-    ("delivery", ["link"]),
+    ("delivery", ["contact"]),
     ("dept:ward_office", ["dept:ward_office"]),
 ])
 def test_each_holder_gets_only_its_purposes(tmp_path, holder, expected):

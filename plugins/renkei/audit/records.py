@@ -12,9 +12,10 @@ from renkei.outputs.lifecycle import run_transitions
 from renkei.warehouse import engine, notices
 
 
-def key_versions(ring: KeyRing) -> dict[str, dict]:
-    """The current and held versions of every key purpose (never key material)."""
-    return {p: ring.versions(p) for p in ring.purposes()}
+def key_versions(ring: KeyRing) -> list[dict]:
+    """The current and held versions of every key purpose (never key material), as a list: a
+    purpose's name (``contact``) must not be read as a payload key of personal data."""
+    return [{"purpose": p, **ring.versions(p)} for p in ring.purposes()]
 
 
 def record_linkage_run(warehouse_url: str, run_id: str, as_of: date, counts: dict,

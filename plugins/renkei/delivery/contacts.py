@@ -1,8 +1,10 @@
 """Contact resolution inside the registry's boundary: ERK → the resident's verified contacts.
 
 Reads the registry's own raw tables (registry, registry_contact) and holds what it finds in
-memory only; nothing here is written anywhere. An ERK is opened with the link key (so a key
-rotation needs no re-sealing), only for the notices being delivered. Rules:
+memory only; nothing here is written anywhere. A notice's resident is found through its contact
+token (``notice_contacts``, sealed by the pipeline: renkei.outputs.contacts), opened with the
+contact key — delivery holds no link key and cannot open an ERK — only for the notices being
+delivered. Rules:
 - a contact counts only when verified_at is set (an unparseable verified_at is unverified);
 - contacts are ordered by the configured channel preference, then most recently verified;
 - a child (legal age below `adult_age` on the delivery date) is reached through the household:
@@ -14,7 +16,7 @@ rotation needs no re-sealing), only for the notices being delivered. Rules:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ from renkei.keys.ring import KeyRing
 from renkei.services.dates import age_years
 from renkei.sources.values import ValueParseError, parse_date, parse_timestamp
 
-LINK = "link"
+CONTACT = "contact"
 RESIDENT = "resident"
 
 
@@ -47,10 +49,10 @@ class _Person:
 
 
 class UnopenableErk(KeyRingError):
-    """A notice's ERK does not open under the keyring's link key."""
+    """A notice's contact token does not open under the keyring's contact key."""
 
     def __init__(self, erk: str) -> None:
-        super().__init__("an ERK does not open under the link key")
+        super().__init__("a contact token does not open under the contact key")
         self.erk = erk
 
 
@@ -99,19 +101,19 @@ class ContactIndex:
 def build_index(
     raw_dir: Path,
     ring: KeyRing,
-    erks: Iterable[str],
+    tokens: Mapping[str, str],
     on: date,
     preference: tuple[str, ...] = ("email", "line", "post"),
     adult_age: int = 18,
 ) -> ContactIndex:
-    """The contact index of `erks` on the delivery date `on`.
+    """The contact index of the ERKs in `tokens` (ERK → contact token) on the delivery date `on`.
 
-    Raises UnopenableErk (carrying the ERK) when an ERK was not sealed under this keyring.
+    Raises UnopenableErk (carrying the ERK) when a contact token was not sealed under this keyring.
     """
     code_of: dict[str, str] = {}
-    for erk in set(erks):
+    for erk, token in tokens.items():
         try:
-            code_of[erk] = ring.open(LINK, erk)
+            code_of[erk] = ring.open(CONTACT, token)
         except KeyRingError:
             raise UnopenableErk(erk) from None
     wanted = set(code_of.values())

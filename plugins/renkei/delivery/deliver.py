@@ -57,7 +57,7 @@ from renkei.keys.ring import KeyRing
 from renkei.outputs import lifecycle
 from renkei.settings import redact_url
 from renkei.sources.values import JST
-from renkei.warehouse import engine, notice_events, notices, staging_table
+from renkei.warehouse import engine, notice_contacts, notice_events, notices, staging_table
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def deliver(
                 raise RenkeiError(f"the warehouse {redact_url(settings.warehouse_url)} has no notice_events table: "
                                   "run `renkei run` (or the proactive_services DAG) once to update its schema")
             all_notices = read_notices(conn)
+            tokens = contact_tokens(conn)
             titles = event_titles(conn, {n["subject"] for n in all_notices if n["service"] == "event"})
             subs_by_erk = load_subscriptions(conn, {n["erk"] for n in all_notices})
     except BaseException:
@@ -175,10 +176,14 @@ def deliver(
         elif is_opted_out(subs_by_erk.get(n["erk"], ()), notice_topics(service, facts_of(n), cfg.opt_out_topics),
                           facts_of(n).get("ward_code"), now):
             _suppress(dl, report, n, "opted_out", None, now)
+        elif n["erk"] not in tokens:
+            # the pipeline has not sealed its contact token yet (proactive_services' seal_contacts):
+            # nothing is recorded, the next run tries again
+            report.add(service, "awaiting_contact_token")
         else:
             sendable.append(n)
 
-    index = _contacts(settings, ring, sendable, cfg, today) if sendable else ContactIndex({}, frozenset())
+    index = _contacts(settings, ring, sendable, tokens, cfg, today) if sendable else ContactIndex({}, frozenset())
     enabled = dict(channels) if channels is not None else default_channels(cfg.senders, cfg.smtp)
     templates = Templates(cfg.templates_dir)
     limiter = limiter or RateLimiter(cfg.rate_per_second)
@@ -248,15 +253,24 @@ def _withdrawn_since(wh: sa.Engine, notice_id: str) -> bool:
         return lifecycle.state_of(conn, notice_id) in lifecycle.CLOSED
 
 
-def _contacts(settings: DeliverySettings, ring: KeyRing | None, batch: list[dict], cfg: DeliveryConfig, today) -> ContactIndex:
+def contact_tokens(conn: sa.Connection) -> dict[str, str]:
+    """ERK → contact token of every notified resident the pipeline has sealed one for."""
+    if not sa.inspect(conn).has_table(notice_contacts.name):
+        return {}
+    return dict(conn.execute(sa.select(notice_contacts.c.erk, notice_contacts.c.contact_token)).all())
+
+
+def _contacts(settings: DeliverySettings, ring: KeyRing | None, batch: list[dict], tokens: dict[str, str],
+              cfg: DeliveryConfig, today) -> ContactIndex:
     ring = ring or KeyRing.load(settings.keyring_path)
     try:
-        return build_index(settings.raw_dir, ring, (n["erk"] for n in batch), today, cfg.preference, cfg.adult_age)
+        return build_index(settings.raw_dir, ring, {n["erk"]: tokens[n["erk"]] for n in batch}, today,
+                           cfg.preference, cfg.adult_age)
     except UnopenableErk as exc:
         nid = next(n["notice_id"] for n in batch if n["erk"] == exc.erk)
         raise KeyRingError(
-            f"notice {nid}: its ERK does not open under the link key of this keyring: deliver with the keyring "
-            "that `renkei run` used (--keyring / RENKEI_KEYRING)"
+            f"notice {nid}: its contact token does not open under the contact key of this keyring: deliver with "
+            "the delivery keyring of this city (`renkei keys export --for delivery`; --keyring / RENKEI_KEYRING)"
         ) from None
 
 

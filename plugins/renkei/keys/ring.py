@@ -7,7 +7,9 @@ A keyring holds one list of versioned keys per *purpose*:
 - ``link``   — the AES-SIV key of the encrypted resident key (``ERK = AES-SIV(k_link, code)``),
 - ``match``  — the HMAC key of the pipeline's quasi-identifier digests (names, addresses), made
   inside the pipeline from values the department sealed under its own key,
-- ``chain``  — the HMAC key of the audit trail's chain and head (the pipeline's writers only).
+- ``chain``  — the HMAC key of the audit trail's chain and head (the pipeline's writers only),
+- ``contact`` — the AES-SIV key of the contact token (``AES-SIV(k_contact, code)``) the pipeline
+  puts beside each notified ERK, so delivery finds a contact without the link key.
 
 A keyring holds only the purposes its holder needs (:data:`HOLDERS`, ``renkei keys export
 --for``): a department holds its ``dept:`` key and nothing else. Each operation checks for the
@@ -105,19 +107,20 @@ def holder_purposes(holder: str, available: list[str]) -> list[str]:
 
     ``dept:<name>``: that department's key only — it pseudonymizes and seals its quasi-
     identifiers, and can open nothing of the pipeline's. ``pipeline``: every department key (to
-    re-seal pseudonyms into ERKs and sealed values into match digests), ``link``, ``match`` and
-    ``chain``. ``auditor``: ``chain`` only (verifies the trail, can open and link nothing).
-    ``delivery``: ``link`` — it opens the ERKs of the notices it delivers to find a contact in the
-    registry's boundary (docs/SECURITY.md names this as the remaining wide key).
+    re-seal pseudonyms into ERKs and sealed values into match digests), ``link``, ``match``,
+    ``chain`` and ``contact`` (to seal contact tokens). ``auditor``: ``chain`` only (verifies the
+    trail, can open and link nothing). ``delivery``: ``contact`` only — it opens the contact
+    tokens of the notices it delivers, to find the contact in the registry's boundary, and
+    cannot open an ERK.
     """
     if is_department(holder):
         wanted = [holder]
     elif holder == "pipeline":
-        wanted = [p for p in available if is_department(p)] + ["link", "match", "chain"]
+        wanted = [p for p in available if is_department(p)] + ["link", "match", "chain", "contact"]
     elif holder == "auditor":
         wanted = ["chain"]
     elif holder == "delivery":
-        wanted = ["link"]
+        wanted = ["contact"]
     else:
         raise KeyRingError(f"unknown key holder {holder!r}: use dept:<department>, pipeline, delivery or auditor")
     missing = [p for p in wanted if p not in available]
@@ -142,7 +145,7 @@ class KeyRing:
     def generate(cls, departments: tuple[str, ...] = DEFAULT_DEPARTMENTS) -> "KeyRing":
         """A fresh keyring: one version-1 key per department, the link, match and chain keys."""
         purposes = {f"dept:{d}": _Purpose(1, {1: secrets.token_bytes(SIV_KEY_BYTES)}) for d in departments}
-        for name in ("link", *HMAC_PURPOSES):
+        for name in ("link", "contact", *HMAC_PURPOSES):
             purposes[name] = _Purpose(1, {1: secrets.token_bytes(_key_bytes(name))})
         return cls(purposes)
 
@@ -155,8 +158,8 @@ class KeyRing:
         """Add a purpose the keyring does not hold yet (version 1), e.g. ``chain`` to a /2 keyring."""
         if purpose in self._purposes:
             raise KeyRingError(f"the keyring already holds {purpose}: rotate it instead (`renkei keys rotate --purpose {purpose}`)")
-        if purpose not in ("link", *HMAC_PURPOSES) and not is_department(purpose):
-            raise KeyRingError(f"unknown purpose {purpose!r}: one of link, match, chain or dept:<department>")
+        if purpose not in ("link", "contact", *HMAC_PURPOSES) and not is_department(purpose):
+            raise KeyRingError(f"unknown purpose {purpose!r}: one of link, contact, match, chain or dept:<department>")
         self._purposes[purpose] = _Purpose(1, {1: secrets.token_bytes(_key_bytes(purpose))})
 
     def holds(self, purpose: str) -> bool:
