@@ -1,6 +1,7 @@
 """`renkei …`: the things a data engineer does by hand, beside the DAGs.
 
     renkei keys init|export|add|status|rotate|retire|reseal  keyrings per holder, key rotation (commands/keys.py)
+    renkei roles sql|acl|aclfile          least-privilege DB roles and Redis ACL users (commands/roles.py)
     renkei synth --residents N --seed S --as-of D --out DIR [--format sqlite|csv|csv-cp932]
     renkei pseudonymize --source NAME --from URL_OR_CSV --to URL [--reconcile | --full]
     renkei run --raw DIR --as-of D [--warehouse URL] [--work DIR]

@@ -57,7 +57,8 @@ def test_one_ingest_dag_per_configured_source_plus_chain(parsed):
     from renkei.config import ingest_sources
 
     expected = ({f"ingest_{s.name}" for s in ingest_sources()} | {f"reconcile_{s.name}" for s in ingest_sources()}
-                | {"link_residents", "proactive_services", "relay_notices", "deliver_notices", "renkei_rotate_link_key"})
+                | {"link_residents", "proactive_services", "relay_notices", "deliver_notices", "renkei_rotate_link_key",
+                   "apply_review_decisions"})
     assert set(parsed["dags"]) == expected
     assert parsed["dags"]["renkei_rotate_link_key"]["tasks"] == ["start", "reseal", "finish"]
     for s in ingest_sources():

@@ -1,10 +1,12 @@
 """The Renkei pages in the Airflow UI, against `make up`'s real Airflow (SimpleAuthManager).
 
 HTTP tests pin the access rules (anonymous, forged and expired tokens, viewer vs reviewer,
-cross-site form posts); the browser test logs in through Airflow's login page in a real
-headless Chromium, opens every Renkei nav page inside the Airflow UI, approves one review item
-and rejects another, and checks the warehouse queue and the audit trail. Screenshots go to
-$RENKEI_ARTIFACTS (default tests/artifacts/ui/). No page may hold a raw name, code or address.
+cross-site form posts, the health-facts permission); the browser test logs in through Airflow's
+login page in a real headless Chromium, opens every Renkei nav page inside the Airflow UI,
+approves one review item and rejects another — requests, shown as pending until the stack's
+apply_review_decisions Dag applies them — and checks the warehouse queue and the audit trail.
+Screenshots go to $RENKEI_ARTIFACTS (default tests/artifacts/ui/). No page may hold a raw name,
+code or address.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def http(server):
 def _a_notice_id(server) -> str:
     with sqlite3.connect(server.warehouse) as conn:
         return conn.execute("SELECT notice_id FROM notices ORDER BY notice_id LIMIT 1").fetchone()[0]
+
+
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _health_notice(server) -> tuple[str, dict, set[str]]:
+    """A notice whose rule used a birth date: its id, its stored facts, and the dates that only
+    the facts and the window (derived from them) tell — not the evaluation or creation date."""
+    with sqlite3.connect(server.warehouse) as conn:
+        notice_id, facts, start, end, evaluated, created = conn.execute(
+            "SELECT notice_id, facts, window_start, window_end, evaluated_on, created_at FROM notices "
+            "WHERE facts LIKE '%birth_date%' ORDER BY notice_id LIMIT 1").fetchone()
+    dates = set(DATE.findall(facts)) | {start, end}
+    return notice_id, json.loads(facts), dates - {evaluated, created[:10]}
 
 
 def _pending(server, n: int) -> list[dict]:
@@ -111,7 +127,7 @@ def test_anonymous_requests_are_refused_on_every_route(server, http):
     item = before[0]["item_id"]
     r = http.post(f"/renkei/review/{item}", data={"decision": "approved", "comment": "anonymous"})
     assert r.status_code == 401
-    assert server.review_rows() == before
+    assert server.review_rows() == before and server.requests() == []
 
 
 def test_forged_and_expired_tokens_are_refused(server, http):
@@ -139,7 +155,7 @@ def test_forged_and_expired_tokens_are_refused(server, http):
             assert r.status_code == code, label
         finally:
             http.cookies.clear()
-    assert server.review_rows() == before
+    assert server.review_rows() == before and server.requests() == []
 
 
 def test_a_viewer_reads_every_page_but_cannot_decide(server, http):
@@ -157,7 +173,36 @@ def test_a_viewer_reads_every_page_but_cannot_decide(server, http):
                   data={"decision": "approved", "comment": "viewer tries"})
     assert r.status_code == 403
     assert "edit access to the link_residents Dag" in r.text
-    assert server.review_rows() == before
+    assert server.review_rows() == before and server.requests() == []
+
+
+def test_health_facts_need_their_own_permission(server, http):
+    notice_id, facts, dates = _health_notice(server)
+    assert dates, "the notice's facts hold no date the page could leak: pick another notice"
+    route = f"/renkei/notices/{notice_id}"
+    # viewer (read access) and admin (every Airflow permission, but not named for health facts)
+    for user in ("viewer", "admin"):
+        token = server.token(user)
+        page = http.get(route, headers=_bearer(token))
+        assert page.status_code == 200, (user, page.status_code)
+        assert 'id="facts-restricted"' in page.text and 'id="facts"' not in page.text, user
+        body = http.get(route, headers={**_bearer(token), "Accept": "application/json"})
+        assert body.headers["content-type"].startswith("application/json"), user
+        got = body.json()
+        assert (got["facts"], got["with_facts"]) == (None, False), user
+        assert "facts" not in got["notice"] and got["notice"]["window_start"] is None, user
+        assert got["notice"]["notice_id"] == notice_id and got["notice"]["rule_id"]  # keys still there
+        listing = http.get("/renkei/notices?page=1", headers=_bearer(token)).text
+        for text, what in ((page.text, "page"), (body.text, "JSON"), (listing, "notices list")):
+            shown = sorted(d for d in dates if d in text)
+            assert not shown, f"{user}'s {what} shows {len(shown)} fact/window date(s)"
+            assert not any(k in text for k in facts if k not in ("evaluated_on",)), (user, what)
+    # the user given the permission ([renkei] health_facts_users) sees the facts and the window
+    token = server.token("reviewer")
+    got = http.get(route, headers={**_bearer(token), "Accept": "application/json"}).json()
+    assert got["with_facts"] is True and got["facts"] == facts
+    page = http.get(route, headers=_bearer(token)).text
+    assert 'id="facts"' in page and all(d in page for d in dates)
 
 
 def test_a_cookie_post_needs_this_origin_and_the_users_form_token(server, http):
@@ -186,13 +231,25 @@ def test_a_cookie_post_needs_this_origin_and_the_users_form_token(server, http):
 
 def test_a_reviewer_decides_with_a_bearer_token_and_the_trail_records_it(server, http):
     item = _pending(server, 1)[0]["item_id"]
-    r = http.post(f"/renkei/review/{item}", headers=_bearer(server.token("reviewer")),
+    token = server.token("reviewer")
+    r = http.post(f"/renkei/review/{item}", headers=_bearer(token),
                   data={"decision": "rejected", "comment": "department to correct the record"})
     assert r.status_code == 303, r.text
+    assert r.headers["location"].endswith(f"/review?requested={item}")
+    # the api-server only recorded the request: the pipeline's Dag applies it
+    [req] = [q for q in server.requests() if q["item_id"] == item]
+    assert (req["decision"], req["reviewer"]) == ("rejected", "reviewer")
+    if req["state"] == "pending":  # (unless the every-minute Dag was quicker than this line)
+        page = http.get("/renkei/review", headers=_bearer(token)).text
+        assert re.search(rf'id="item-{item}"[^>]*data-request="pending"', page)
+        assert "pending application" in page
+    [req] = server.wait_applied([item])
+    assert req["state"] == "applied", req["outcome"]
     row = next(i for i in server.review_rows() if i["item_id"] == item)
     assert (row["state"], row["decided_by"], row["comment"]) == ("rejected", "reviewer", "department to correct the record")
     entry = [e for e in server.audit_entries("review_decision") if e["item_id"] == item]
-    assert [(e["decision"], e["reviewer"]) for e in entry] == [("rejected", "reviewer")]
+    assert [(e["decision"], e["reviewer"], e["request_id"]) for e in entry] == [("rejected", "reviewer", req["request_id"])]
+    assert entry[0]["seq"] == req["audit_seq"]
 
 
 # --- the browser --------------------------------------------------------------------------------
@@ -297,9 +354,19 @@ def test_a_reviewer_works_the_queue_in_the_browser(server, browser):
         row.find_element(By.NAME, "comment").send_keys(comment)
         row.find_element(By.CSS_SELECTOR, f"button.{button}").click()
         _wait(driver, ec.presence_of_element_located((By.ID, "flash")), f"the {button} confirmation")
-        assert item["item_id"] in driver.find_element(By.ID, "flash").text
-    _shot(driver, "06-review-after")
-    pages["review-after"] = driver.page_source
+        flash = driver.find_element(By.ID, "flash").text
+        assert item["item_id"] in flash and "pending application" in flash
+    _shot(driver, "06-review-requested")
+    pages["review-requested"] = driver.page_source
+
+    applied = server.wait_applied([approve["item_id"], reject["item_id"]])
+    assert [r["state"] for r in applied] == ["applied", "applied"], [r["outcome"] for r in applied]
+    html = _open_in_airflow(driver, server, "renkei-review")
+    for item, state in ((approve, "approved"), (reject, "rejected")):
+        row = driver.find_element(By.ID, f"item-{item['item_id']}")
+        assert (row.get_attribute("data-state"), row.get_attribute("data-request")) == (state, "")
+    _shot(driver, "07-review-applied")
+    pages["review-after"] = html
 
     rows = {r["item_id"]: r for r in server.review_rows()}
     assert (rows[approve["item_id"]]["state"], rows[approve["item_id"]]["decided_by"]) == ("approved", "reviewer")

@@ -4,8 +4,11 @@ The work dir is built like the Makefile's demo (keys, synth, run), with three de
 records changed first so that the integrity audit has four review items (one seeded mislink,
 a name, a sex and a birth date that differ from the registry's). Airflow runs as
 `python -m renkei.local_airflow` on a free port with SimpleAuthManager users admin, reviewer
-(role user) and viewer (role viewer), and a JWT secret known to the tests so that they can
-mint expired and forged tokens. The whole process tree is stopped at the end.
+(role user) and viewer (role viewer), a JWT secret known to the tests so that they can
+mint expired and forged tokens, and the health-facts permission given to ``reviewer`` only
+(``AIRFLOW__RENKEI__HEALTH_FACTS_USERS``). Decisions made on the pages are requests that the
+stack's own scheduler applies (the apply_review_decisions Dag): :meth:`Server.wait_applied`.
+The whole process tree is stopped at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 AS_OF = "2025-06-01"
 START_BOUND_S = 180
+APPLY_BOUND_S = 300  # a decision request waits for the next apply_review_decisions run (every minute)
+FACTS_USER = "reviewer"  # the one demo user with the health-facts permission
 SEEDED_NAME = "テスト　ヘンコウ"  # a department's changed name reading: must never reach a page
 
 
@@ -56,6 +61,35 @@ class Server:
         with sqlite3.connect(self.warehouse) as conn:
             conn.row_factory = sqlite3.Row
             return [dict(r) for r in conn.execute("SELECT * FROM review_queue ORDER BY item_id")]
+
+    def requests(self) -> list[dict]:
+        """The decision requests the pages recorded (review_requests), oldest first."""
+        with sqlite3.connect(self.warehouse) as conn:
+            conn.row_factory = sqlite3.Row
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'review_requests'").fetchone():
+                return []
+            return [dict(r) for r in conn.execute("SELECT * FROM review_requests ORDER BY request_id")]
+
+    def wait_applied(self, item_ids: list[str]) -> list[dict]:
+        """Trigger apply_review_decisions (as admin) and wait until no request for ``item_ids`` is
+        pending; returns those requests. The Dag's every-minute schedule applies them anyway."""
+        import httpx
+
+        try:
+            httpx.post(f"{self.url}/api/v2/dags/apply_review_decisions/dagRuns", json={"logical_date": None},
+                       headers={"Authorization": f"Bearer {self.token('admin')}"}, timeout=30)
+        except httpx.HTTPError:
+            pass  # the schedule still runs it
+        deadline = time.monotonic() + APPLY_BOUND_S
+        while True:
+            mine = [r for r in self.requests() if r["item_id"] in item_ids]
+            if mine and all(r["state"] != "pending" for r in mine):
+                return mine
+            if time.monotonic() > deadline:
+                pytest.fail(f"decision requests were not applied within {APPLY_BOUND_S}s: "
+                            f"{[(r['request_id'], r['state']) for r in mine]}; see the apply_review_decisions "
+                            f"task logs under {self.work / 'airflow' / 'logs'}")
+            time.sleep(3)
 
     def audit_entries(self, kind: str) -> list[dict]:
         with sqlite3.connect(self.warehouse) as conn:
@@ -141,7 +175,10 @@ def launch(work: Path) -> Iterator[Server]:
     port = _free_port()
     jwt_secret = secrets.token_urlsafe(64)
     env.update({"RENKEI_UI_PORT": str(port), "RENKEI_CHANNEL_KIND": "changelog_table",
-                "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret})
+                "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret, "AIRFLOW__RENKEI__HEALTH_FACTS_USERS": FACTS_USER,
+                # task processes reach the api-server here (the default assumes port 8080): the
+                # apply_review_decisions Dag must run for decisions to be applied
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"})
     log = work / "logs" / "up.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "renkei.local_airflow", "--work", str(work)], env=env,

@@ -32,6 +32,8 @@ AIRFLOW_CORE = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airfl
 STORES = ("postgres", "redis", "warehouse", "events")
 # Components that run Renkei code: DAG parsing (dag-processor), triggers, tasks (workers).
 RUNS_RENKEI = ("airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+# Components that queue tasks or run them (the Celery broker and result backend).
+CELERY_USERS = ("airflow-scheduler", "airflow-worker", "airflow-worker-delivery")
 # Components that must never hold the keyring: they run no task.
 NO_KEYS = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
            "airflow-triggerer", *STORES)
@@ -107,21 +109,23 @@ def test_every_airflow_service_uses_celery_and_the_renkei_image(name):
     assert (REPO_ROOT / context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")).exists()
 
 
-@pytest.mark.parametrize("name", airflow_services())
+@pytest.mark.parametrize("name", CELERY_USERS)
 def test_broker_is_redis_and_result_backend_is_the_metadata_postgres(name):
     e = env(name)
-    broker, backend, meta = (url(e[k]) for k in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
-                                                  "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"))
+    broker, backend = (url(e[k]) for k in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"))
+    meta = url(env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     assert broker["scheme"] == "redis" and broker["host"] == "redis"
     assert SERVICES["redis"]["image"].startswith("redis:")
     assert backend["scheme"] == "db+postgresql" and meta["scheme"].startswith("postgresql")
     assert (backend["host"], backend["db"]) == (meta["host"], meta["db"]) == ("postgres", "airflow")
+    # workers write task results as airflow_celery (its two tables), never as the metadata owner
+    assert backend["user"] == ("airflow" if name == "airflow-scheduler" else "airflow_celery")
     assert SERVICES["postgres"]["image"].startswith("postgres:")
 
 
 def test_warehouse_is_a_separate_postgres_with_its_own_volume():
     wh = url(env("airflow-worker")["RENKEI_WAREHOUSE_URL"])
-    meta = url(env("airflow-worker")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    meta = url(env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     assert wh["host"] == "warehouse" != meta["host"]
     assert SERVICES["warehouse"]["image"].startswith("postgres:")
     vol = {name: _named_volume(name, "/var/lib/postgresql/data") for name in ("warehouse", "postgres")}
@@ -208,10 +212,11 @@ def test_depends_on_graph_references_existing_services_and_is_acyclic():
 
 
 def test_airflow_components_share_their_secrets_and_find_the_execution_api():
-    shared = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    shared = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+              "AIRFLOW__API__SECRET_KEY")
     for key in shared:
-        values = {env(n).get(key) for n in airflow_services()}
-        assert len(values) == 1 and None not in values, f"{key} differs between components: {values}"
+        values = {env(n)[key] for n in airflow_services() if key in env(n)}
+        assert len(values) == 1, f"{key} differs between components: {values}"
     api = url(env("airflow-worker")["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert (api["host"], api["port"], api["db"]) == ("airflow-apiserver", "8080", "execution/")
 
@@ -329,10 +334,13 @@ def test_every_variable_the_code_needs_in_production_is_set(tmp_path):
     needed |= {k for k in given if k.startswith(("RENKEI_", "AIRFLOW__", "AIRFLOW_HOME"))
                and k not in exempt and k not in inherited}
     assert {"RENKEI_WAREHOUSE_URL", "RENKEI_REDIS_URL", "RENKEI_KEYRING", "AIRFLOW__CORE__DAGS_FOLDER"} <= needed
+    # Credentials are per component (test_each_component_gets_exactly_its_secrets); the rest everywhere.
+    needed -= set(CREDENTIALS)
     for name in RUNS_RENKEI:
         have = effective_env(name)
-        missing = {k for k in needed if k not in have and not (k == "RENKEI_KEYRING" and name != "airflow-worker")}
+        missing = {k for k in needed if k not in have}
         assert not missing, f"{name} lacks {sorted(missing)}"
+    assert {"RENKEI_WAREHOUSE_URL", "RENKEI_EXTRACTS_URL", "RENKEI_REDIS_URL", "RENKEI_KEYRING"} <= set(env("airflow-worker"))
 
 
 def test_configured_paths_exist_in_the_image():
@@ -369,3 +377,102 @@ def test_dockerfile_installs_the_lock_the_celery_provider_and_renkei_as_non_root
     if ref := re.fullmatch(r"\$\{?(\w+)\}?", uid):  # USER ${ARG}: resolve the ARG's default
         uid = next(a.split("=", 1)[1] for op, a in ops if op == "ARG" and a.startswith(ref[1] + "="))
     assert uid not in ("root", "0"), "the image must run as a non-root user"
+
+
+# -- least privilege (renkei/roles.py; docs/OPERATIONS.md, "Least privilege") -----------------
+
+# Every environment key that carries a credential or a secret, and who holds it.
+CREDENTIALS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
+               "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+               "RENKEI_WAREHOUSE_URL", "RENKEI_EXTRACTS_URL", "RENKEI_REDIS_URL", "RENKEI_KEYRING")
+META, FERNET, JWT, LOGKEY = CREDENTIALS[:4]
+CELERY = {"AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"}
+EXPECTED_SECRETS: dict[str, set[str]] = {
+    "airflow-init": {META, FERNET, "RENKEI_ADMIN_URL", "PIPELINE_DB_PASSWORD", "API_DB_PASSWORD",
+                     "DELIVERY_DB_PASSWORD", "CELERY_RESULTS_DB_PASSWORD"},
+    "airflow-apiserver": {META, FERNET, JWT, LOGKEY, "RENKEI_WAREHOUSE_URL"},
+    "airflow-scheduler": {META, FERNET, JWT, *CELERY},
+    "airflow-dag-processor": {META, FERNET, JWT},
+    "airflow-triggerer": {META, FERNET, JWT, LOGKEY, "RENKEI_REDIS_URL"},
+    "airflow-worker": {LOGKEY, *CELERY, "RENKEI_WAREHOUSE_URL", "RENKEI_EXTRACTS_URL", "RENKEI_REDIS_URL",
+                       "RENKEI_KEYRING"},
+    "airflow-worker-delivery": {LOGKEY, *CELERY, "RENKEI_WAREHOUSE_URL", "RENKEI_KEYRING", "RENKEI_SMTP_PASSWORD"},
+}
+# (service, env key) → the database role or Redis user it logs in as.
+EXPECTED_LOGINS = {
+    ("airflow-apiserver", "RENKEI_WAREHOUSE_URL"): "renkei_api",
+    ("airflow-worker", "RENKEI_WAREHOUSE_URL"): "renkei_pipeline",
+    ("airflow-worker", "RENKEI_EXTRACTS_URL"): "renkei_pipeline",
+    ("airflow-worker-delivery", "RENKEI_WAREHOUSE_URL"): "renkei_delivery",
+    ("airflow-worker", "RENKEI_REDIS_URL"): "renkei-relay",
+    ("airflow-triggerer", "RENKEI_REDIS_URL"): "renkei-triggerer",
+    ("airflow-init", "RENKEI_ADMIN_URL"): "renkei",
+}
+EXPECTED_MOUNTS = {"airflow-worker": {"renkei_keyring"}, "airflow-worker-delivery": {"renkei_keyring_delivery"},
+                   "events": {"events_external_acl"}}
+
+
+def _carries_secret(key: str, value: str) -> bool:
+    if key.endswith("_FILE"):
+        return False
+    if SECRET_NAME.search(key) or key in CREDENTIALS:
+        return True
+    m = URL.match(value) if "://" in value and not value.startswith("${") else None
+    return bool(m) and m["password"] is not None
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SECRETS))
+def test_each_component_gets_exactly_its_secrets(name):
+    have = {k for k, v in env(name).items() if _carries_secret(k, v)}
+    assert have == EXPECTED_SECRETS[name], f"{name}: extra {sorted(have - EXPECTED_SECRETS[name])}, " \
+                                           f"missing {sorted(EXPECTED_SECRETS[name] - have)}"
+
+
+def test_the_registry_boundary_settings_stay_on_the_delivery_worker():
+    boundary = {"RENKEI_DELIVERY_URL", "RENKEI_RAW_DIR", "RENKEI_SMTP_HOST", "RENKEI_SMTP_USER", "RENKEI_SMTP_PASSWORD"}
+    assert boundary <= set(env("airflow-worker-delivery"))
+    for name in SERVICES:
+        if name != "airflow-worker-delivery":
+            assert not boundary & set(env(name)), name
+
+
+def test_secret_mounts_are_exactly_what_each_component_uses():
+    for name in SERVICES:
+        assert set(secret_mounts(name)) == EXPECTED_MOUNTS.get(name, set()), name
+
+
+def test_each_component_logs_in_as_its_own_role():
+    for (name, key), user in EXPECTED_LOGINS.items():
+        assert url(env(name)[key])["user"] == user, (name, key)
+    # one password variable per role: only that role's component and the init that creates it see it
+    for var, holders in {"PIPELINE_DB_PASSWORD": {"airflow-worker"}, "API_DB_PASSWORD": {"airflow-apiserver"},
+                         "DELIVERY_DB_PASSWORD": {"airflow-worker-delivery"},
+                         "CELERY_RESULTS_DB_PASSWORD": {"airflow-worker", "airflow-worker-delivery"},
+                         "EVENTS_RELAY_PASSWORD": {"airflow-worker", "events"},
+                         "EVENTS_TRIGGERER_PASSWORD": {"airflow-triggerer", "events"},
+                         "WAREHOUSE_PASSWORD": {"warehouse"}, "EVENTS_PASSWORD": {"events"}}.items():
+        seen = {n for n in SERVICES if any(f"${{{var}:" in v for v in env(n).values())}
+        assert seen == holders | ({"airflow-init"} if "DB_PASSWORD" in var or var == "WAREHOUSE_PASSWORD" else set()), \
+            (var, seen)
+
+
+def test_init_creates_the_roles_and_the_schema_as_the_pipeline():
+    command = str(SERVICES["airflow-init"]["command"])
+    assert "roles.apply_postgres(" in command and "roles.apply_metadata(" in command
+    assert "ensure_schema" not in command, "the schema is created by apply_postgres, logged in as renkei_pipeline"
+    assert "events" not in depends("airflow-init")
+
+
+def test_the_event_bus_acl_is_renkei_roles():
+    from renkei import roles
+
+    script = SERVICES["events"]["command"][-1]
+    assert "requirepass" not in script and "--aclfile" in script and "/run/secrets/events_external_acl" in script
+    # compose's $$ is a literal $ for the shell
+    found = {m[0]: m[2] for m in re.findall(r'echo "user (\S+) on #\$\$\(h "\$\$(\w+)"\) ([^"]+)"', script)}
+    assert set(found) == {"default", "renkei-relay", "renkei-triggerer"}, script
+    rules = roles.redis_rules(roles.Layout.from_config())
+    for user in ("renkei-relay", "renkei-triggerer"):
+        assert found[user] == " ".join(rules[user]), user
+    assert env("events")["RELAY_PASSWORD"] == "${EVENTS_RELAY_PASSWORD:?set EVENTS_RELAY_PASSWORD in .env}"
+    assert env("events")["TRIGGERER_PASSWORD"].startswith("${EVENTS_TRIGGERER_PASSWORD:?")

@@ -1,4 +1,6 @@
-"""`renkei review list|approve|reject`: the integrity audit's review queue, by hand."""
+"""`renkei review list|approve|reject|requests|apply-requests`: the integrity audit's review queue,
+by hand. approve/reject apply at once (they need the keyring's chain key); the Renkei pages only
+request a decision, which `apply-requests` (or the apply_review_decisions Dag) applies."""
 
 from __future__ import annotations
 
@@ -27,6 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "else <work>/keyring.json)")
         _where(d)
         d.set_defaults(func=_decide, decision=decision)
+
+    rq = sub.add_parser("requests", help="decision requests made on the Renkei review page")
+    rq.add_argument("--state", choices=["pending", "applied", "refused"])
+    _where(rq)
+    rq.set_defaults(func=_requests)
+
+    ap = sub.add_parser("apply-requests", help="apply pending decision requests (what the apply_review_decisions Dag does)")
+    ap.add_argument("--keyring", help="keyring that signs the audit-trail entries (default: $RENKEI_KEYRING, "
+                    "else <work>/keyring.json)")
+    _where(ap)
+    ap.set_defaults(func=_apply)
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -62,9 +75,30 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decide(args: argparse.Namespace) -> int:
+def _requests(args: argparse.Namespace) -> int:
+    from renkei.linkage.review import list_requests
+
+    reqs = list_requests(_url(args), state=args.state)
+    print(f"{'request':<9}{'item':<17}{'decision':<10}{'state':<9}{'reviewer':<14}{'requested':<27}outcome")
+    for r in reqs:
+        print(f"{r['request_id']:<9}{r['item_id']:<17}{r['decision']:<10}{r['state']:<9}{r['reviewer'][:13]:<14}"
+              f"{r['requested_at']:<27}{r['outcome'] or ''}")
+    print(f"{len(reqs)} request(s)")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from renkei.linkage.review import REQUEST_APPLIED, REQUEST_REFUSED, apply_requests
+
+    ring, anchor = _ring_and_anchor(args)
+    done = apply_requests(_url(args), ring=ring, anchor=anchor)
+    print(f"{len(done[REQUEST_APPLIED])} request(s) applied, {len(done[REQUEST_REFUSED])} refused "
+          "(`renkei review requests --state refused` says why)")
+    return 0
+
+
+def _ring_and_anchor(args: argparse.Namespace):  # noqa: ANN202 - (KeyRing | None, anchor sink | None)
     from renkei.keys.ring import ENV_PATH, KeyRing
-    from renkei.linkage.review import decide
 
     path = args.keyring or os.environ.get(ENV_PATH)
     work = None if args.warehouse else Path(args.work or "var/run")
@@ -76,6 +110,13 @@ def _decide(args: argparse.Namespace) -> int:
         from renkei.audit.anchor import sink
 
         anchor = sink(keyring=path, create=True)
+    return ring, anchor
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from renkei.linkage.review import decide
+
+    ring, anchor = _ring_and_anchor(args)
     item = decide(_url(args), args.item_id, args.decision, args.reviewer, args.comment, ring=ring, anchor=anchor)
     print(f"{item['item_id']} {item['state']} by {item['decided_by']} at {item['decided_at']} "
           f"({item['source']} {item['reason']}); the next link run honours it")

@@ -1,7 +1,9 @@
 """The Renkei FastAPI app mounted by the plugin: server-rendered pages over the warehouse.
 
 Every request, on every path (pages, the style sheet, unknown paths), is authenticated first
-and needs read access (renkei.ui.auth); approve/reject also needs edit access and a form token.
+and needs read access (renkei.ui.auth); approve/reject also needs edit access and a form token,
+and only records a request that the apply_review_decisions Dag applies (this process holds no
+keyring). A notice's health facts and window need the health-facts permission.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Form, HTTPException, Query, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +35,11 @@ COMMENT_MAX = 500
 
 def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
 
 
 def create_app() -> FastAPI:
@@ -98,10 +106,10 @@ def create_app() -> FastAPI:
         return page(request, "quarantine.html", q=data.quarantine_page(source or None, reason or None, page_no))
 
     @app.get("/review", response_class=HTMLResponse)
-    def review(request: Request, all: bool = False, done: str | None = None):  # noqa: A002 - the query name
+    def review(request: Request, all: bool = False, requested: str | None = None):  # noqa: A002 - the query name
         user = request.state.renkei_user
         return page(request, "review.html", items=data.review_items(include_resolved=all), show_all=all,
-                    done=done, csrf=auth.csrf_token(user.get_name()))
+                    requested=requested, csrf=auth.csrf_token(user.get_name()))
 
     @app.post("/review/{item_id}")
     def review_decide(request: Request, item_id: str, decision: str = Form(...), comment: str = Form(""),
@@ -113,18 +121,25 @@ def create_app() -> FastAPI:
                                 f"approving or rejecting needs edit access to the {auth.GUARD_DAG} Dag; ask an admin")
         if len(comment) > COMMENT_MAX:
             raise RenkeiError(f"review item {item_id}: the comment is longer than {COMMENT_MAX} characters: shorten it")
-        item = data.decide(item_id, decision, user.get_name(), comment)
-        log.info("renkei ui: review item %s %s by %s", item["item_id"], item["state"], item["decided_by"])
+        req = data.request_decision(item_id, decision, user.get_name(), comment)
+        log.info("renkei ui: review item %s: %s requested by %s (request %s, pending application)",
+                 req["item_id"], req["decision"], req["reviewer"], req["request_id"])
         base = request.scope.get("root_path", "").rstrip("/")
-        return RedirectResponse(f"{base}/review?done={item['item_id']}", status_code=status.HTTP_303_SEE_OTHER)
+        return RedirectResponse(f"{base}/review?requested={req['item_id']}", status_code=status.HTTP_303_SEE_OTHER)
 
     @app.get("/notices", response_class=HTMLResponse)
     def notices(request: Request, service: str | None = None, kind: str | None = None,
                 page_no: int = Query(1, alias="page", ge=1)):
-        return page(request, "notices.html", q=data.notices_page(service or None, kind or None, page_no))
+        with_windows = auth.sees_health_facts(request.state.renkei_user)
+        return page(request, "notices.html", q=data.notices_page(service or None, kind or None, page_no, with_windows))
 
     @app.get("/notices/{notice_id}", response_class=HTMLResponse)
     def notice(request: Request, notice_id: str):
-        return page(request, "notice.html", x=data.explain(notice_id))
+        """The explanation, as a page or (``Accept: application/json``) as JSON: the same fields,
+        the facts and window only with the health-facts permission."""
+        x = data.explain(notice_id, with_facts=auth.sees_health_facts(request.state.renkei_user))
+        if _wants_json(request):
+            return JSONResponse(jsonable_encoder(x))
+        return page(request, "notice.html", x=x)
 
     return app

@@ -6,8 +6,14 @@ The user comes from the JWT the Airflow UI keeps (the ``_token`` cookie) or an
 auth manager on the ``link_residents`` Dag — the Dag whose runs apply review decisions — so
 they mean the same with SimpleAuthManager, FAB or Keycloak:
 
-- read the Dag (GET)  → every Renkei page;
-- edit the Dag (PUT)  → approve or reject a review item.
+- read the Dag (GET)  → every Renkei page: keys, counts, reasons;
+- edit the Dag (PUT)  → request an approve or reject of a review item;
+- the health-facts permission (:func:`sees_health_facts`) → the facts a notice's rule used
+  (birth date, qualification and check-up dates, doses counted) and the notice windows, which
+  are derived from them. SimpleAuthManager grants every custom view to every viewer, so there
+  the permission is a list of user names, ``[renkei] health_facts_users``
+  (``AIRFLOW__RENKEI__HEALTH_FACTS_USERS``); any other auth manager (FAB, Keycloak) is also
+  asked for ``GET`` on the custom resource ``Renkei Health Facts`` (FAB: ``can_read``).
 
 A decision posted with the session cookie must also carry a form token bound to the user
 (HMAC under ``[api] secret_key``) and come from this origin (``Origin``/``Referer``): the
@@ -31,6 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 GUARD_DAG = "link_residents"
 READ, REVIEW = "GET", "PUT"
+HEALTH_FACTS_RESOURCE = "Renkei Health Facts"
 CSRF_TTL_S = 8 * 3600
 _FALLBACK_SECRET = secrets.token_bytes(32)  # only when [api] secret_key is unset: one process
 
@@ -47,6 +54,25 @@ async def authenticate(request: Request):
 def allowed(user, method: str) -> bool:
     """Whether the auth manager lets ``user`` do ``method`` on the guard Dag."""
     return bool(get_auth_manager().is_authorized_dag(method=method, details=DagDetails(id=GUARD_DAG), user=user))
+
+
+def health_facts_users() -> set[str]:
+    """The user names of ``[renkei] health_facts_users`` (comma separated)."""
+    return {u.strip() for u in conf.get("renkei", "health_facts_users", fallback="").split(",") if u.strip()}
+
+
+def sees_health_facts(user) -> bool:
+    """Whether ``user`` may see a notice's health facts (and windows): named in
+    ``[renkei] health_facts_users``, or — with an auth manager other than SimpleAuthManager, whose
+    custom-view check lets every viewer in — authorized for GET on ``Renkei Health Facts``."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager  # noqa: PLC0415
+
+    if user.get_name() in health_facts_users():
+        return True
+    manager = get_auth_manager()
+    if isinstance(manager, SimpleAuthManager):
+        return False
+    return bool(manager.is_authorized_custom_view(method="GET", resource_name=HEALTH_FACTS_RESOURCE, user=user))
 
 
 def login_url(request: Request) -> str:

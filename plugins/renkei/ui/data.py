@@ -1,7 +1,11 @@
 """What the pages show, read from the warehouse: pseudonymous fields and counts only.
 
-Review decisions go through ``renkei.linkage.review`` (the same functions as `renkei review`),
-so the UI's decisions land in the queue and the audit trail exactly as the CLI's do.
+A notice's health facts (and its window, derived from them) only for a user with the
+health-facts permission (``with_facts``, see renkei.ui.auth.sees_health_facts).
+
+Review decisions are only *requested* here (``renkei.linkage.review.request_decision``): this
+process (the api-server) holds no keyring. The apply_review_decisions Dag applies them with the
+same code as `renkei review approve|reject`: queue row and audit-trail entry in one transaction.
 """
 
 from __future__ import annotations
@@ -77,25 +81,40 @@ def quarantine_page(source: str | None, reason: str | None, page: int) -> dict:
 
 
 def review_items(include_resolved: bool) -> list[dict]:
-    from renkei.linkage.review import list_items  # noqa: PLC0415
+    """Queue items, each with ``request``: its latest decision request while that is pending
+    application, or was refused and not decided since (else None)."""
+    from renkei.linkage.review import REQUEST_APPLIED, REQUEST_REFUSED, list_items, list_requests  # noqa: PLC0415
 
-    items = list_items(warehouse_url(), include_resolved=include_resolved)
+    url = warehouse_url()
+    latest = {}
+    for req in list_requests(url):
+        req.pop("row_hash", None)
+        latest[req["item_id"]] = req
+    items = list_items(url, include_resolved=include_resolved)
     for it in items:
         it.pop("erk", None)  # the page never needs the join key
         it["record_key"] = short(it["record_key"])
+        req = latest.get(it["item_id"])
+        if req is not None and (req["state"] == REQUEST_APPLIED or (
+                req["state"] == REQUEST_REFUSED and (it["decided_at"] or "") > (req["applied_at"] or ""))):
+            req = None  # applied, or refused and decided again since
+        it["request"] = req
     return items
 
 
-def decide(item_id: str, decision: str, reviewer: str, comment: str) -> dict:
-    """Approve or reject through ``renkei.linkage.review.decide`` (queue + audit trail)."""
-    from renkei.linkage.review import DECISIONS, decide as review_decide  # noqa: PLC0415
+def request_decision(item_id: str, decision: str, reviewer: str, comment: str) -> dict:
+    """Record an approve/reject request (``renkei.linkage.review.request_decision``): no keyring
+    here; the apply_review_decisions Dag applies it (queue + audit trail in one transaction)."""
+    from renkei.linkage.review import DECISIONS, request_decision as review_request  # noqa: PLC0415
 
     if decision not in DECISIONS:
         raise RenkeiError(f"review item {item_id}: unknown decision {decision!r}: use {' or '.join(DECISIONS)}")
-    return review_decide(warehouse_url(), item_id, decision, reviewer, comment)
+    return review_request(warehouse_url(), item_id, decision, reviewer, comment)
 
 
-def notices_page(service: str | None, kind: str | None, page: int) -> dict:
+def notices_page(service: str | None, kind: str | None, page: int, with_windows: bool = False) -> dict:
+    """Counts by service and kind and one page of notices; their windows (derived from birth and
+    check-up dates) only ``with_windows``."""
     n = notices.c
     counts = _rows(sa.select(n.service, n.kind, sa.func.count().label("notices"))
                    .group_by(n.service, n.kind).order_by(n.service, n.kind))
@@ -106,13 +125,17 @@ def notices_page(service: str | None, kind: str | None, page: int) -> dict:
                            n.window_end, n.evaluated_on, n.rule_id).where(*where)
                  .order_by(n.evaluated_on.desc(), n.service, n.window_end, n.notice_id)
                  .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE))
-    return {"counts": counts, "rows": rows, "total": total, "page": page,
+    if not with_windows:
+        for row in rows:
+            row["window_start"] = row["window_end"] = None
+    return {"counts": counts, "rows": rows, "total": total, "page": page, "with_windows": with_windows,
             "pages": max(1, -(-total // PAGE_SIZE)), "service": service, "kind": kind}
 
 
-def explain(notice_id: str) -> dict:
+def explain(notice_id: str, with_facts: bool = False) -> dict:
     """What `renkei explain` shows: rule, window, the facts the rule used, the lifecycle
-    (state and transitions), delivery receipts."""
+    (state and transitions), delivery receipts. Without ``with_facts`` (the health-facts
+    permission) no facts and no window: keys, counts, states and reasons only."""
     from renkei.delivery import receipts  # noqa: PLC0415
     from renkei.delivery.payload import facts_of  # noqa: PLC0415
     from renkei.outputs import lifecycle  # noqa: PLC0415
@@ -122,9 +145,13 @@ def explain(notice_id: str) -> dict:
         raise RenkeiError(f"notice {notice_id} is not in the warehouse: pick one from the notices list")
     n = found[0]
     n.pop("erk", None)
+    facts = facts_of(n) if with_facts else None
+    n.pop("facts", None)  # the raw JSON: only ever as ``facts`` below
+    if not with_facts:
+        n["window_start"] = n["window_end"] = None
     with _engine(warehouse_url()).connect() as conn:
         events = lifecycle.history(conn, notice_id)
-    out = {"notice": n, "facts": facts_of(n), "receipts": None, "lifecycle": events,
+    out = {"notice": n, "facts": facts, "with_facts": with_facts, "receipts": None, "lifecycle": events,
            "state": events[-1]["state"] if events else lifecycle.PENDING}
     delivery_url = os.environ.get("RENKEI_DELIVERY_URL")
     if not delivery_url and os.environ.get("RENKEI_HOME"):
