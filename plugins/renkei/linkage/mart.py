@@ -40,6 +40,7 @@ from renkei.warehouse import (
     mart_residents,
     snapshot_options,
     staging_table,
+    subjects,
     yyyymmdd,
 )
 
@@ -182,6 +183,15 @@ def _audit_and_flag(conn: sa.Connection, as_of: date, run_id: str, grace: int, s
 
 def _previous_build(conn: sa.Connection) -> sa.Row | None:
     return conn.execute(sa.select(link_builds).order_by(link_builds.c.seq.desc()).limit(1)).first()
+
+
+def lock_for_read(conn: sa.Connection) -> None:
+    """The first statement of a transaction that reads the mart in one snapshot (services):
+    a full build's TRUNCATE is not MVCC-safe, so an older snapshot would read its tables as
+    empty once it committed. Locked first (renkei.bulk.read_lock), the snapshot sees the whole
+    mart of the build before a running full build or after it; a full build waits meanwhile.
+    ``subjects`` too: a first build refills it the same way."""
+    bulk.read_lock(conn, (*MART_TABLES, subjects))
 
 
 def mart_lost(conn: sa.Connection) -> bool:

@@ -38,7 +38,15 @@ def assign_subjects(conn: sa.Connection, run_id: str, among: sa.Select | None = 
         insert = sa.insert(subjects).from_select(
             ["erk", "subject_key", "first_run_id"],
             sa.select(mart_residents.c.erk, key, sa.literal(run_id, sa.String(250))).where(missing))
-        empty = conn.execute(sa.select(subjects.c.erk).limit(1)).first() is None
+        # Concurrent assignments (link, services plan) take their turns, the mart before the
+        # subject keys as a full link build does (no lock-order deadlock). A REPEATABLE READ
+        # build may not see keys committed after its snapshot: "empty" is the table's physical
+        # size (no page at all, committed or not), so a refill never truncates anyone's keys.
+        prep = conn.dialect.identifier_preparer
+        conn.exec_driver_sql(f"LOCK TABLE {prep.format_table(mart_residents)} IN ACCESS SHARE MODE")
+        conn.exec_driver_sql(f"LOCK TABLE {prep.format_table(subjects)} IN SHARE ROW EXCLUSIVE MODE")
+        size = sa.text("SELECT pg_relation_size(CAST(:t AS regclass))")
+        empty = conn.execute(size, {"t": prep.format_table(subjects)}).scalar_one() == 0
         with refilled(conn, [subjects]) if empty else nullcontext():  # empty: keys built after, in one sorted pass
             return conn.execute(insert, execution_options={"preserve_rowcount": True}).rowcount
     new = list(conn.execute(sa.select(mart_residents.c.erk).where(missing)).scalars())

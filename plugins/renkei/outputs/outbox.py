@@ -44,7 +44,7 @@ from renkei import bulk
 from renkei.config import load_sources
 from renkei.errors import RenkeiError
 from renkei.keys.rotation import hold_link_key
-from renkei.linkage.mart import mart_lost
+from renkei.linkage.mart import lock_for_read, mart_lost
 from renkei.linkage.review import held_erks
 from renkei.linkage.subjects import assign_subjects
 from renkei.outputs import lifecycle
@@ -341,6 +341,7 @@ def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, 
         link_version = hold_link_key(conn)
         assign_subjects(conn, run_id)
     with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
+        lock_for_read(conn)  # before the snapshot: never a full link build's truncated tables
         link_seq = conn.execute(sa.select(sa.func.max(link_builds.c.seq))).scalar() or 0
         if link_seq and mart_lost(conn):
             raise RenkeiError(
@@ -467,7 +468,12 @@ def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
     # Read in one snapshot on PostgreSQL; write in a transaction of its own (on SQLite a read
     # transaction upgraded to a writer fails if another writer came in between).
     with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
+        lock_for_read(conn)  # before the snapshot (as the plan): the mart of one whole build
         bulk.tune(conn)
+        if plan["link_seq"] and mart_lost(conn):  # an emptied mart would withdraw every open notice
+            raise RenkeiError(
+                f"services run {run_id}, part {index}: the mart is empty although staging holds residents "
+                "(the warehouse restarted since the plan?): run link_residents, then this run again")
         held = held_erks(conn, part.clause(review_queue.c.erk))
         scope = None
         if plan["mode"] == INCREMENTAL:
