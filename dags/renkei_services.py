@@ -6,8 +6,9 @@ calendar even when no data changed. Notice ids are deterministic, so a re-run ad
 plan → evaluate (mapped: a full run on PostgreSQL is split by ERK hash into
 RENKEI_SERVICES_PARTS parts that run side by side; each writes its own new notices) → record
 (once every part succeeded: the base of the next incremental run). Emits renkei_outbox_notices
-with the counts. Then seal_contacts stores a contact token for each newly notified resident
-(renkei.outputs.contacts), which is what delivery opens instead of the ERK. Each run appends a `notice_published` entry (counts, new notice ids) to the
+with the counts — after storing a contact token for each newly notified resident
+(renkei.outputs.contacts: what delivery opens instead of the ERK), so a delivery run that the
+asset starts finds every token it needs. Each run appends a `notice_published` entry (counts, new notice ids) to the
 audit trail.
 """
 
@@ -53,26 +54,22 @@ def proactive_services():
         from datetime import date
 
         from renkei.audit.records import record_notices_published
+        from renkei.keys.ring import KeyRing
+        from renkei.outputs.contacts import seal_contacts
         from renkei.outputs.outbox import record_services
         from renkei.settings import Settings
 
         planned = parts[0]["plan"]
         url = Settings.from_env().warehouse_url
         counts = record_services(url, planned, list(evaluated))
-        record_notices_published(url, planned["run_id"], date.fromisoformat(planned["as_of"]), counts)
+        ring = KeyRing.load()
+        record_notices_published(url, planned["run_id"], date.fromisoformat(planned["as_of"]), counts, ring=ring)
+        counts["contacts"] = seal_contacts(url, ring)
         context["outlet_events"][OUTBOX_NOTICES].extra = counts
         return counts
 
-    @task
-    def seal_contacts() -> dict:
-        from renkei.keys.ring import KeyRing
-        from renkei.outputs.contacts import seal_contacts as seal
-        from renkei.settings import Settings
-
-        return seal(Settings.from_env().warehouse_url, KeyRing.load())
-
     parts = plan()
-    record(parts, evaluate.expand(part=parts)) >> seal_contacts()
+    record(parts, evaluate.expand(part=parts))
 
 
 proactive_services()

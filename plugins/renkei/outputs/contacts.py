@@ -4,7 +4,7 @@ For every ERK with a notice and no contact token yet, ``contact_token = AES-SIV(
 resident_code)`` is made in memory (``KeyRing.reseal_many`` link → contact) and stored in
 ``notice_contacts``. Delivery opens a token with the contact key to find the resident's contact
 in the registry's boundary; the contact key opens no ERK, pseudonym or digest. Runs after each
-services run (proactive_services' ``seal_contacts`` task) and is idempotent: a re-run, or a
+services run (in proactive_services' ``record`` task, before the outbox asset starts delivery) and is idempotent: a re-run, or a
 warehouse whose notices predate the table, only fills what is missing.
 """
 
