@@ -96,3 +96,17 @@ def _audit_anchor_dir(tmp_path_factory):
         os.environ.pop("RENKEI_AUDIT_ANCHOR", None)
     else:
         os.environ["RENKEI_AUDIT_ANCHOR"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_docs_dir(tmp_path_factory):
+    """GX Data Docs (renkei.quality.datadocs) that ingest steps build go to this session's tmp dir,
+    not to var/ in the repo. A test that sets RENKEI_DATA_DOCS itself (monkeypatch) wins."""
+    site = tmp_path_factory.mktemp("data-docs")
+    before = os.environ.get("RENKEI_DATA_DOCS")
+    os.environ["RENKEI_DATA_DOCS"] = str(site)
+    yield site
+    if before is None:
+        os.environ.pop("RENKEI_DATA_DOCS", None)
+    else:
+        os.environ["RENKEI_DATA_DOCS"] = before

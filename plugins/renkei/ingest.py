@@ -85,12 +85,14 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
     key. :func:`validate` then adds the checks that need the whole batch and decides whether it
     halts. ``validate_s`` is the part of the step's time spent in the suite.
     """
+    from renkei.quality import datadocs  # noqa: PLC0415
     from renkei.quality.gx_runner import suite_fingerprint  # noqa: PLC0415 - cheap; GX itself loads on first chunk
 
     settings = settings or Settings.from_env()
     wh = engine(settings.warehouse_url)
     ensure_schema(wh)
     land = landing_table(source)
+    docs = datadocs.for_run(source.name, run_id)  # the run's GX results, for its Data Docs page
     src_eng = engine(settings.extracts_url)
     xt = extract_table(source, sa.MetaData())
     with wh.connect() as conn:
@@ -116,7 +118,7 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
             _check_extract(sconn, source, xt)
             for part in _chunks(sconn, query, xt, source.validate_chunk_rows):
                 t = time.perf_counter()
-                reasons = _chunk_reasons(source, columns, part, settings)
+                reasons = _chunk_reasons(source, columns, part, settings, docs)
                 validate_s += time.perf_counter() - t
                 failed += len(reasons)
                 deletes += sum(1 for r in part if r[2] == DELETE)
@@ -127,6 +129,7 @@ def extract(source: Source, run_id: str, settings: Settings | None = None) -> di
         _record_run(wconn, source.name, run_id, read=read, watermark_from=wm, watermark_to=newest, state="extracted")
     src_eng.dispose()
     wh.dispose()
+    datadocs.publish_run(docs, settings.expectations_dir)
     log.info("extract %s: %d changes after change_seq %s (%d tombstones), %d failing its suite (%.1fs in the suite)",
              source.name, read, wm, deletes, failed, validate_s)
     return {"read": read, "failed": failed, "deletes": deletes, "watermark_from": wm, "watermark_to": newest,
@@ -164,10 +167,11 @@ def _chunks(conn: sa.Connection, query: sa.Select, table: sa.Table, size: int) -
         cursor.close()
 
 
-def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings) -> dict[int, str]:
+def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings, docs=None) -> dict[int, str]:
     """change_seq -> quarantine reason for the chunk's upserts that fail the suite or carry an
     ``updated_at`` later than their export time plus the source's allowed clock skew
-    (``columns[0]`` is change_seq). Tombstones carry only their key: nothing to validate."""
+    (``columns[0]`` is change_seq). Tombstones carry only their key: nothing to validate.
+    ``docs`` (a datadocs.RunValidation) collects the GX results for the run's Data Docs."""
     if not part:
         return {}
     import pandas as pd  # noqa: PLC0415 - heavy, only inside the task
@@ -181,7 +185,7 @@ def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings)
     data = [c for c in columns if c not in CHANGE_COLUMNS and c != "source_row"]
     # The suite sees the extract's layout, with the change_seq as the batch's row identity.
     frame = pd.DataFrame([(r[0], *(r[at[c]] for c in data)) for r in rows], columns=["source_row", *data], dtype=object)
-    outcome = validate_frame(source.name, frame, settings.expectations_dir)
+    outcome = validate_frame(source.name, frame, settings.expectations_dir, on_result=docs.add if docs else None)
     out: dict[int, list] = {}
     for row, fails in outcome.failures.items():
         # Uniqueness is validate's batch check, per export: one key changed in two exports of
@@ -293,16 +297,21 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
 
 
 def _rerun_suite(conn: sa.Connection, source: Source, land: sa.Table, run_id: str, settings: Settings) -> None:
-    """Run the suite again over the landed batch, chunk by chunk, replacing its landed reasons."""
+    """Run the suite again over the landed batch, chunk by chunk, replacing its landed reasons
+    (and the run's Data Docs page)."""
+    from renkei.quality import datadocs  # noqa: PLC0415
+
+    docs = datadocs.for_run(source.name, run_id)
     cols = [c.name for c in extract_table(source, sa.MetaData()).columns]
     this_run = land.c.run_id == run_id
     reasons: dict[int, str] = {}
     query = sa.select(*[land.c[c] for c in cols]).where(this_run).order_by(land.c.change_seq)
     for part in conn.execute(query, execution_options={"yield_per": source.validate_chunk_rows}).partitions():
-        reasons.update(_chunk_reasons(source, cols, part, settings))
+        reasons.update(_chunk_reasons(source, cols, part, settings, docs))
     # A re-run starts clean (rewriting every row would cost a full pass).
     conn.execute(land.update().where(this_run, land.c.quarantine_reason.is_not(None)).values(quarantine_reason=None))
     _set_reasons(conn, land, this_run, reasons)
+    datadocs.publish_run(docs, settings.expectations_dir)
 
 
 def _set_reasons(conn: sa.Connection, land: sa.Table, this_run, reasons: dict[int, str]) -> None:

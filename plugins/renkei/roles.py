@@ -63,6 +63,7 @@ WAREHOUSE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "ingest_runs": ("SELECT",), "watermarks": ("SELECT",), "quarantine": ("SELECT",),
         "notices": ("SELECT",), "notice_events": ("SELECT",), "review_queue": ("SELECT",),
         "review_requests": ("SELECT", "INSERT"),
+        "link_builds": ("SELECT",),  # when a review item was first seen (renkei.ui.data.review_by_age)
     },
     DELIVERY: {  # renkei.delivery.deliver, renkei.outputs.lifecycle
         "notices": ("SELECT",), "notice_events": ("SELECT",), "notice_contacts": ("SELECT",),

@@ -63,6 +63,15 @@ def airflow_env(work: Path, warehouse_url: str, extracts_url: str, keyring: Path
     return env
 
 
+def _data_docs(env: dict[str, str]) -> str | None:
+    """Where the ingest runs built their GX Data Docs: the local site's index, or the store URL."""
+    from renkei.quality.datadocs import local_site, location  # noqa: PLC0415
+
+    where = location(env)
+    site = local_site(where)
+    return str(site / "index.html") if site is not None else where
+
+
 def _airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
@@ -126,6 +135,8 @@ def run_chain(
     report["warehouse_url"] = redact_url(warehouse_url)
     report["extracts_url"] = redact_url(extracts_url)
     report["airflow_home"] = str(work / "airflow")
+    report["data_docs"] = _data_docs(env)
+    say(f"docs     GX Data Docs (one page per ingest run and source): {report['data_docs'] or 'off'}")
     report["stages_s"] = stages
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     (work / "run_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")

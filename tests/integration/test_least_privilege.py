@@ -169,6 +169,7 @@ def test_api_reads_the_pages_and_requests_decisions(stack, monkeypatch):
     req = data.request_decision("i1", "approved", "alice", "checked the paper record")
     assert req["state"] == "pending"
     assert data.explain("n1")["state"] == "withdrawn"
+    assert set(data.trends()) >= {"runs", "notices", "review"}  # the trends page and the page charts
     # the request changed nothing in the queue
     assert _rows(url, "SELECT state FROM review_queue")[0][0] == "pending"
 

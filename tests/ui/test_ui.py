@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.ui, pytest.mark.airflow]
 
 ARTIFACTS = Path(os.environ.get("RENKEI_ARTIFACTS", REPO / "tests" / "artifacts" / "ui"))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-PAGES = ("runs", "quarantine", "review", "notices")
+PAGES = ("runs", "quarantine", "review", "notices", "trends")
 WAIT_S = 60
 
 
@@ -78,7 +78,7 @@ def _bearer(token: str) -> dict:
 def _routes(server) -> list[str]:
     # (bare "/renkei" is not the app's: Airflow's UI catch-all serves its empty SPA shell there)
     return ["/renkei/", "/renkei/runs", "/renkei/quarantine?page=1", "/renkei/review?all=true",
-            "/renkei/notices", f"/renkei/notices/{_a_notice_id(server)}", "/renkei/static/renkei.css",
+            "/renkei/notices", f"/renkei/notices/{_a_notice_id(server)}", "/renkei/trends", "/renkei/static/renkei.css",
             "/renkei/no-such-page", "/renkei/docs", "/renkei/openapi.json"]
 
 
@@ -88,7 +88,7 @@ def test_the_plugin_module_stays_light():
             "print(sorted(m for m in ('fastapi', 'renkei.ui.app', 'renkei.warehouse', 'renkei.linkage.review') "
             "if m in sys.modules)); print(len(p.RenkeiPlugin.external_views))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
-    assert out.split("\n")[:2] == ["[]", "4"]
+    assert out.split("\n")[:2] == ["[]", str(len(PAGES))]
 
 
 def test_form_tokens_are_bound_to_user_and_time():
@@ -387,3 +387,74 @@ def test_a_reviewer_works_the_queue_in_the_browser(server, browser):
     assert not any(leaks.values()), leaks
     log = (server.work / "logs" / "airflow-standalone.log").read_text(encoding="utf-8", errors="replace")
     assert not server.leaks(log), "the api-server log holds raw identifiers"
+
+
+def test_the_trends_page_draws_the_warehouse_counts_in_the_browser(server, browser):
+    """The trends page in Chromium: every chart is an inline SVG that is displayed, and its bars
+    carry the warehouse's counts (read here with sqlite3, not through renkei.ui.data)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = browser
+    driver.switch_to.default_content()
+    logged_in_here = not driver.get_cookie("_token")  # the queue test may have logged in already
+    if logged_in_here:
+        driver.get(f"{server.url}/auth/login?next=/")
+        user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
+        user.send_keys("viewer")
+        driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["viewer"])
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+
+    def counts():
+        """Per source its last 20 finished runs' (read, rejected); notices per service; active items per state."""
+        with sqlite3.connect(server.warehouse) as conn:
+            finished = conn.execute("SELECT source, read, CASE state WHEN 'failed' THEN failed ELSE quarantined END "
+                                    "FROM ingest_runs WHERE state IN ('loaded', 'failed') ORDER BY updated_at, run_id")
+            runs: dict[str, list] = {}
+            for source, read, rejected in finished:
+                runs[source] = [*runs.get(source, []), (read, rejected)][-20:]
+            return (runs, dict(conn.execute("SELECT service, count(*) FROM notices GROUP BY service").fetchall()),
+                    dict(conn.execute("SELECT state, count(*) FROM review_queue WHERE active GROUP BY state").fetchall()))
+
+    try:
+        for _ in range(3):  # the stack's own ingest sweeps may finish a run while the page loads: read again
+            before = counts()
+            html = _open_in_airflow(driver, server, "renkei-trends")
+            if counts() == before:
+                break
+        runs, notices, items = before
+        charts = driver.find_elements(By.CSS_SELECTOR, "figure.chart svg")
+        assert len(charts) == 3 + 2 * len(runs), len(charts)  # overview, notices, review + 2 per source
+        for svg in charts:
+            assert svg.is_displayed() and svg.size["width"] > 300 and svg.size["height"] > 100, svg.get_attribute("id")
+        _shot(driver, "10-trends")
+
+        def values(css: str, series: str | None = None) -> list[float]:
+            return [float(e.get_attribute("data-value")) for e in driver.find_elements(By.CSS_SELECTOR, css)
+                    if series is None or e.get_attribute("data-series") == series]
+
+        for source, last in runs.items():  # bars oldest first, as the runs
+            section = f"#source-{source} rect.bar"
+            assert values(section, "読込 read") == [float(read) for read, _ in last], source
+            assert values(section, "隔離 quarantined") == [float(rejected) for _, rejected in last], source
+        bars = driver.find_elements(By.CSS_SELECTOR, "#notices-per-day rect.bar")
+        per_service: dict[str, float] = {}
+        for b in bars:  # the demo's notices were all created minutes ago: inside the 30 days
+            per_service[b.get_attribute("data-series")] = per_service.get(b.get_attribute("data-series"), 0) + float(
+                b.get_attribute("data-value"))
+        assert per_service == {s: float(n) for s, n in notices.items()}
+        review = driver.find_element(By.ID, "review-by-age")
+        driver.execute_script("arguments[0].scrollIntoView()", review)
+        _shot(driver, "11-trends-notices-review")
+        ages = {(b.get_attribute("data-series").split()[-1], b.get_attribute("data-category"))
+                for b in review.find_elements(By.CSS_SELECTOR, "rect.bar") if float(b.get_attribute("data-value"))}
+        assert {age for _, age in ages} <= {"<1 日 day"}  # the one link build found them all minutes ago
+        assert {state for state, _ in ages} == set(items)
+        assert sum(values("#review-by-age rect.bar")) == sum(items.values())
+        assert "データなし" not in review.get_attribute("innerHTML")
+        assert not server.leaks(html)
+    finally:
+        if logged_in_here:  # leave the browser as the queue test expects to find it
+            driver.switch_to.default_content()
+            driver.delete_all_cookies()

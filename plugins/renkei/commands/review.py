@@ -1,6 +1,10 @@
 """`renkei review list|approve|reject|requests|apply-requests`: the integrity audit's review queue,
 by hand. approve/reject apply at once (they need the keyring's chain key); the Renkei pages only
-request a decision, which `apply-requests` (or the apply_review_decisions Dag) applies."""
+request a decision, which `apply-requests` (or the apply_review_decisions Dag) applies.
+
+`renkei review export|resolve|strip|import`: a department's list as a file (renkei.linkage.review_files;
+resolve and strip run inside the department). `renkei review summary`: the queue in figures
+(renkei.linkage.review_summary)."""
 
 from __future__ import annotations
 
@@ -40,6 +44,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "else <work>/keyring.json)")
     _where(ap)
     ap.set_defaults(func=_apply)
+
+    ex = sub.add_parser("export", help="write a department's pending findings as CSV (linkage side, pipeline keyring)")
+    ex.add_argument("--department", required=True, help="whose list, e.g. health_bureau (config/sources.yaml)")
+    ex.add_argument("--out", required=True, help="CSV file to write")
+    ex.add_argument("--encoding", choices=["utf-8", "cp932"], default="utf-8",
+                    help="utf-8 (with BOM, the default) or cp932 for the department's spreadsheet")
+    ex.add_argument("--keyring", help="the pipeline keyring: link and dept:<department> keys (default: "
+                    "$RENKEI_KEYRING, else <work>/keyring.json)")
+    _where(ex)
+    ex.set_defaults(func=_export)
+
+    rs = sub.add_parser("resolve", help="inside the department: add resident codes opened with its own key")
+    rs.add_argument("file", help="the list `renkei review export` wrote")
+    rs.add_argument("--keyring", required=True, help="the department's keyring (`renkei keys export --for dept:<name>`)")
+    rs.add_argument("--out", required=True, help="resolved CSV to write (mode 0600: it holds resident codes)")
+    rs.set_defaults(func=_resolve)
+
+    st = sub.add_parser("strip", help="inside the department: drop the resident_code column before the list goes back")
+    st.add_argument("file", help="the resolved list with the clerks' decisions")
+    st.add_argument("--out", required=True, help="CSV file to send back")
+    st.set_defaults(func=_strip)
+
+    im = sub.add_parser("import", help="apply the decisions of a department's returned list (linkage side)")
+    im.add_argument("file", help="the returned list, without the resident_code column")
+    im.add_argument("--department", required=True, help="whose list it is; rows of another department are refused")
+    im.add_argument("--reviewer", required=True, help="who decided (stored with each decision)")
+    im.add_argument("--keyring", help="keyring that signs the audit-trail entries (default: $RENKEI_KEYRING, "
+                    "else <work>/keyring.json)")
+    _where(im)
+    im.set_defaults(func=_import)
+
+    sm = sub.add_parser("summary", help="counts by department, reason, severity and state, and waiting times")
+    sm.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _where(sm)
+    sm.set_defaults(func=_summary)
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -120,4 +159,66 @@ def _decide(args: argparse.Namespace) -> int:
     item = decide(_url(args), args.item_id, args.decision, args.reviewer, args.comment, ring=ring, anchor=anchor)
     print(f"{item['item_id']} {item['state']} by {item['decided_by']} at {item['decided_at']} "
           f"({item['source']} {item['reason']}); the next link run honours it")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from renkei.linkage.review_files import export
+
+    ring, _ = _ring_and_anchor(args)
+    n = export(_url(args), args.department, Path(args.out), encoding=args.encoding, ring=ring)
+    print(f"{n} pending item(s) of {args.department} written to {args.out} ({args.encoding}); inside the department: "
+          f"`renkei review resolve --keyring <its keyring> {args.out} --out <resolved.csv>`")
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from renkei.keys.ring import KeyRing
+    from renkei.linkage.review_files import resolve
+
+    n = resolve(Path(args.file), KeyRing.load(args.keyring), Path(args.out))
+    print(f"{n} row(s) resolved to {args.out} (mode 0600, holds resident codes: keep it inside the department); "
+          "fill in decision and comment, then `renkei review strip` it before sending it back")
+    return 0
+
+
+def _strip(args: argparse.Namespace) -> int:
+    from renkei.linkage.review_files import strip
+
+    n = strip(Path(args.file), Path(args.out))
+    print(f"{n} row(s) written to {args.out} without resident codes: send this file back")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from renkei.linkage.review_files import REFUSED, import_decisions
+
+    ring, anchor = _ring_and_anchor(args)
+    rows = import_decisions(_url(args), Path(args.file), args.department, args.reviewer, ring=ring, anchor=anchor)
+    for r in rows:
+        print(f"line {r.line:<5}{r.item_id:<17}{r.outcome:<10}{r.why or ''}")
+    counts = {o: sum(r.outcome == o for r in rows) for o in ("applied", "unchanged", "skipped", REFUSED)}
+    print(", ".join(f"{n} {o}" for o, n in counts.items()))
+    return 1 if counts[REFUSED] else 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from renkei.linkage.review_summary import COLUMNS, summary
+
+    s = summary(_url(args))
+    if args.json:
+        print(json.dumps(s, ensure_ascii=False, indent=2))
+        return 0
+    print(f"review queue at {s['as_of']}: {s['items']} item(s)")
+    head = "".join(f"{c:>10}" for c in (*COLUMNS, "total"))
+    for title, table in (("department", s["by_department"]), ("reason", s["by_reason"]), ("severity", s["by_severity"])):
+        print(f"\n{title:<22}{head}")
+        for key, row in table.items():
+            print(f"{key:<22}" + "".join(f"{row[c]:>10}" for c in (*COLUMNS, "total")))
+    print(f"\n{'waiting (days)':<22}{'count':>8}{'median':>8}{'p90':>8}{'max':>8}")
+    for label, w in [("pending, all", s["waiting_pending"]), ("to decision, all", s["days_to_decision"])] + [
+            (f"{k}: {lbl}", d[key]) for k, d in s["by_department"].items()
+            for lbl, key in (("pending", "waiting_pending"), ("to decision", "days_to_decision"))]:
+        print(f"{label:<22}{w['count']:>8}" + "".join(f"{'-' if w[x] is None else w[x]:>8}"
+                                                       for x in ("median_days", "p90_days", "max_days")))
     return 0

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -275,14 +276,16 @@ def _exception_infos(result: Any) -> list[dict]:
 
 
 def validate_frame(
-    source: str, frame: pandas.DataFrame, expectations_dir: Path | None = None
+    source: str, frame: pandas.DataFrame, expectations_dir: Path | None = None,
+    on_result: Callable[[Any], None] | None = None,
 ) -> ValidationOutcome:
     """Run the source's suite on an extract batch and report the failing rows by source_row.
 
     Rows whose parse_errors lists "column:reason" items also get RowFailure("parse_error",
     column) per column. An expectation that fails without row positions (an error, or a
     batch-level expectation) is reported against every row. Raises ConfigError for a bad
-    suite and SourceError when source_row is missing, null or not unique.
+    suite and SourceError when source_row is missing, null or not unique. ``on_result`` gets
+    each GX result as it is (e.g. renkei.quality.datadocs.RunValidation.add).
     """
     loaded = _cached_suite(*_suite_key(source, expectations_dir))
     if "source_row" not in frame.columns:
@@ -303,12 +306,16 @@ def validate_frame(
         loaded.plain, result_format=_RESULT_FORMAT
     )
     all_passed = _collect(plain, rows, flagged)
+    if on_result is not None:
+        on_result(plain)
     if loaded.dated is not None:
         view = _dated_view(prepared, loaded.dated_columns)
         dated = batch_definition.get_batch(batch_parameters={"dataframe": view}).validate(
             loaded.dated, result_format=_RESULT_FORMAT
         )
         all_passed = _collect(dated, rows, flagged) and all_passed
+        if on_result is not None:
+            on_result(dated)
 
     if "parse_errors" in prepared.columns:
         known = set(prepared.columns) | set(EXTRACT_RENAMES) | {WHOLE_ROW}

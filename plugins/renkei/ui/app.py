@@ -9,16 +9,17 @@ keyring). A notice's health facts and window need the health-facts permission.
 from __future__ import annotations
 
 import logging
+import mimetypes
 from pathlib import Path
 
 from fastapi import FastAPI, Form, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from renkei.errors import RenkeiError
-from renkei.ui import auth, data
+from renkei.ui import auth, data, trends
 from renkei.ui.plugin import PAGES
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'",
 }
 COMMENT_MAX = 500
+# GX Data Docs pages (/datadocs/, renkei.quality.datadocs) carry GX's inline scripts and styles:
+# 'unsafe-inline' there only. Still nothing but this origin: the pages' assets are served here.
+DATA_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                 "img-src 'self' data:; font-src 'self' data:; frame-ancestors 'self'; form-action 'none'; "
+                 "base-uri 'none'")
 
 
 def _wants_html(request: Request) -> bool:
@@ -45,6 +51,7 @@ def _wants_json(request: Request) -> bool:
 def create_app() -> FastAPI:
     app = FastAPI(title="Renkei", docs_url=None, redoc_url=None, openapi_url=None)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    env.globals["data_docs_page"] = data.data_docs_page  # a source's GX Data Docs page, in any template
 
     def page(request: Request, template: str, code: int = 200, **ctx) -> HTMLResponse:
         user = request.state.renkei_user
@@ -78,6 +85,8 @@ def create_app() -> FastAPI:
                 response = JSONResponse({"detail": f"Forbidden: reading the Renkei pages needs read access to the "
                                          f"{auth.GUARD_DAG} Dag"}, status_code=status.HTTP_403_FORBIDDEN)
         response.headers.update(SECURITY_HEADERS)
+        if getattr(request.state, "renkei_csp", None):  # a Data Docs page (data_docs below)
+            response.headers["Content-Security-Policy"] = request.state.renkei_csp
         return response
 
     @app.exception_handler(HTTPException)
@@ -96,9 +105,20 @@ def create_app() -> FastAPI:
     def css():
         return Response((HERE / "static" / "renkei.css").read_text(encoding="utf-8"), media_type="text/css")
 
+    @app.get("/datadocs/{path:path}")
+    def data_docs(request: Request, path: str):
+        """A file of the GX Data Docs site (pages and their offline assets), behind the same gate."""
+        found = data.data_docs_file(path)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no Data Docs file {path!r}: the ingest builds a "
+                                "source's page when it validates a batch (RENKEI_DATA_DOCS, docs/OPERATIONS.md)")
+        if found.suffix == ".html":
+            request.state.renkei_csp = DATA_DOCS_CSP
+        return FileResponse(found, media_type=mimetypes.guess_type(found.name)[0] or "application/octet-stream")
+
     @app.get("/runs", response_class=HTMLResponse)
     def runs(request: Request):
-        return page(request, "runs.html", report=data.run_report())
+        return page(request, "runs.html", report=data.run_report(), rate_chart=trends.for_runs_page())
 
     @app.get("/quarantine", response_class=HTMLResponse)
     def quarantine(request: Request, source: str | None = None, reason: str | None = None,
@@ -109,7 +129,7 @@ def create_app() -> FastAPI:
     def review(request: Request, all: bool = False, requested: str | None = None):  # noqa: A002 - the query name
         user = request.state.renkei_user
         return page(request, "review.html", items=data.review_items(include_resolved=all), show_all=all,
-                    requested=requested, csrf=auth.csrf_token(user.get_name()))
+                    requested=requested, csrf=auth.csrf_token(user.get_name()), age_chart=trends.for_review_page())
 
     @app.post("/review/{item_id}")
     def review_decide(request: Request, item_id: str, decision: str = Form(...), comment: str = Form(""),
@@ -127,11 +147,27 @@ def create_app() -> FastAPI:
         base = request.scope.get("root_path", "").rstrip("/")
         return RedirectResponse(f"{base}/review?requested={req['item_id']}", status_code=status.HTTP_303_SEE_OTHER)
 
+    @app.get("/review/summary", response_class=HTMLResponse)
+    def review_summary(request: Request):
+        """The queue in figures (renkei.linkage.review_summary), as a page or (``Accept:
+        application/json``) as JSON: counts and waiting times only."""
+        from renkei.linkage.review_summary import COLUMNS, summary  # noqa: PLC0415
+
+        s = summary(data.warehouse_url())
+        if _wants_json(request):
+            return JSONResponse(jsonable_encoder(s))
+        return page(request, "review_summary.html", s=s, columns=COLUMNS)
+
     @app.get("/notices", response_class=HTMLResponse)
     def notices(request: Request, service: str | None = None, kind: str | None = None,
                 page_no: int = Query(1, alias="page", ge=1)):
         with_windows = auth.sees_health_facts(request.state.renkei_user)
-        return page(request, "notices.html", q=data.notices_page(service or None, kind or None, page_no, with_windows))
+        return page(request, "notices.html", q=data.notices_page(service or None, kind or None, page_no, with_windows),
+                    per_day_chart=trends.for_notices_page())
+
+    @app.get("/trends", response_class=HTMLResponse)
+    def trend_page(request: Request):
+        return page(request, "trends.html", t=trends.for_trends_page())
 
     @app.get("/notices/{notice_id}", response_class=HTMLResponse)
     def notice(request: Request, notice_id: str):

@@ -11,6 +11,7 @@ same code as `renkei review approve|reject`: queue row and audit-trail entry in 
 from __future__ import annotations
 
 import os
+from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import sqlalchemy as sa
 
 from renkei.errors import RenkeiError
 from renkei.settings import Settings
-from renkei.warehouse import engine, ensure_schema, ingest_runs, notices, quarantine, watermarks
+from renkei.sources.values import JST, format_timestamp
+from renkei.warehouse import (engine, ensure_schema, ingest_runs, link_builds, notices, quarantine, review_queue,
+                              watermarks)
 
 PAGE_SIZE = 50
 
@@ -165,3 +168,109 @@ def explain(notice_id: str, with_facts: bool = False) -> dict:
         finally:
             dl.dispose()
     return out
+
+
+# --- Trends (the trends page, and the small charts on the runs, notices and review pages) -------
+
+TREND_RUNS = 20  # finished ingest runs per source
+TREND_DAYS = 30  # days of notices, today included
+AGE_BUCKETS = ("<1", "1-7", "8-30", ">30", "unknown")  # whole days since a review item was first seen
+_AGE_LIMITS = ((1, "<1"), (8, "1-7"), (31, "8-30"))  # (first age in days not in the bucket, bucket)
+
+
+def run_trend(conn: sa.Connection, last_runs: int = TREND_RUNS) -> dict[str, list[dict]]:
+    """Per source, its last ``last_runs`` finished ingest runs, oldest first: ``read``,
+    ``quarantined`` (for a halted run, the rows that failed the contract: nothing was loaded),
+    ``rate`` (quarantined / read; None when the run read nothing) and ``halted``."""
+    r = ingest_runs.c
+    ranked = (sa.select(r.source, r.run_id, r.updated_at, r.state, r.read, r.failed, r.quarantined,
+                        sa.func.row_number().over(partition_by=r.source,
+                                                  order_by=(r.updated_at.desc(), r.run_id.desc())).label("n"))
+              .where(r.state.in_(("loaded", "failed"))).subquery())
+    out: dict[str, list[dict]] = {}
+    for row in conn.execute(sa.select(ranked).where(ranked.c.n <= last_runs)
+                            .order_by(ranked.c.source, ranked.c.updated_at, ranked.c.run_id)).mappings():
+        halted = row["state"] == "failed"
+        rejected = row["failed"] if halted else row["quarantined"]
+        out.setdefault(row["source"], []).append({
+            "run_id": row["run_id"], "updated_at": row["updated_at"], "read": row["read"],
+            "quarantined": rejected, "rate": rejected / row["read"] if row["read"] else None, "halted": halted})
+    return out
+
+
+def notices_per_day(conn: sa.Connection, today: date, days: int = TREND_DAYS) -> dict:
+    """Notices created per service per day (JST) over the ``days`` days up to ``today``:
+    ``{"days": [iso date, …], "services": {service: [count per day]}}``, zero-filled."""
+    n = notices.c
+    first = today - timedelta(days=days - 1)
+    day = sa.func.substr(n.created_at, 1, 10)  # canonical JST text: its date is the JST date
+    inner = (sa.select(n.service, day.label("day"))
+             .where(n.created_at >= first.isoformat(), n.created_at < (today + timedelta(days=1)).isoformat())
+             .subquery())
+    counts = conn.execute(sa.select(inner.c.service, inner.c.day, sa.func.count())
+                          .group_by(inner.c.service, inner.c.day)).all()
+    labels = [(first + timedelta(days=i)).isoformat() for i in range(days)]
+    index = {d: i for i, d in enumerate(labels)}
+    services: dict[str, list[int]] = {}
+    for service, d, count in sorted(counts):
+        services.setdefault(service, [0] * days)[index[d]] = count
+    return {"days": labels, "services": services}
+
+
+def review_by_age(conn: sa.Connection, now: datetime) -> dict:
+    """Active review items by state and age (whole days since the link build that first found
+    them, ``AGE_BUCKETS``; "unknown" when that build is not recorded):
+    ``{"buckets": AGE_BUCKETS, "states": {state: [count per bucket]}}``."""
+    q, b = review_queue.c, link_builds.c
+    seen = sa.select(b.run_id, sa.func.min(b.built_at).label("at")).group_by(b.run_id).subquery()
+    # built_at is canonical JST text, so comparing with the boundaries as text compares times
+    bucket = sa.case((seen.c.at.is_(None), "unknown"),
+                     *((seen.c.at > format_timestamp(now - timedelta(days=d)), label) for d, label in _AGE_LIMITS),
+                     else_=">30")
+    inner = (sa.select(q.state, bucket.label("bucket"))
+             .select_from(review_queue.outerjoin(seen, seen.c.run_id == q.first_seen_run))
+             .where(q.active.is_(True)).subquery())
+    states: dict[str, list[int]] = {}
+    for state, label, count in conn.execute(sa.select(inner.c.state, inner.c.bucket, sa.func.count())
+                                            .group_by(inner.c.state, inner.c.bucket)).all():
+        states.setdefault(state, [0] * len(AGE_BUCKETS))[AGE_BUCKETS.index(label)] = count
+    return {"buckets": AGE_BUCKETS, "states": dict(sorted(states.items()))}
+
+
+TRENDS = ("runs", "notices", "review")
+
+
+def trends(now: datetime | None = None, last_runs: int = TREND_RUNS, days: int = TREND_DAYS,
+           parts: tuple[str, ...] = TRENDS) -> dict:
+    """The trends named in ``parts`` (all three by default) at ``now`` (default: the clock),
+    read in one connection."""
+    now = (now or datetime.now(timezone.utc)).astimezone(JST)
+    out: dict = {"last_runs": last_runs, "days": days}
+    with _engine(warehouse_url()).connect() as conn:
+        if "runs" in parts:
+            out["runs"] = run_trend(conn, last_runs)
+        if "notices" in parts:
+            out["notices"] = notices_per_day(conn, now.date(), days)
+        if "review" in parts:
+            out["review"] = review_by_age(conn, now)
+    return out
+
+
+def data_docs_page(source: str, run_id: str | None = None) -> str | None:
+    """The site path of a source's GX Data Docs page for this ingest run (None: its latest), if
+    one was built into the local store (renkei.quality.datadocs); the app serves it under /datadocs/."""
+    from renkei.quality import datadocs  # noqa: PLC0415 - stdlib only until a page is built
+
+    return datadocs.page_for(source, run_id)
+
+
+def data_docs_file(path: str) -> Path | None:
+    """The file at ``path`` inside the local Data Docs site, or None (absent, a folder, outside it)."""
+    from renkei.quality import datadocs  # noqa: PLC0415
+
+    site = datadocs.local_site(datadocs.location())
+    if site is None:
+        return None
+    root = site.resolve()
+    found = (root / path).resolve()
+    return found if found.is_relative_to(root) and found.is_file() else None

@@ -1,4 +1,4 @@
-"""The Airflow plugin: the Renkei FastAPI app under /renkei and its four nav entries.
+"""The Airflow plugin: the Renkei FastAPI app under /renkei and its nav entries (PAGES).
 
 Every Airflow component loads plugins, so this module imports nothing but Airflow's plugin
 base class; the app itself (FastAPI, Jinja2, SQLAlchemy, the warehouse) is built on the
@@ -18,6 +18,7 @@ PAGES = (  # (url_route, path under URL_PREFIX, nav label)
     ("renkei-quarantine", "quarantine", "Renkei 隔離 (quarantine)"),
     ("renkei-review", "review", "Renkei 紐付け点検 (review)"),
     ("renkei-notices", "notices", "Renkei 通知 (notices)"),
+    ("renkei-trends", "trends", "Renkei 傾向 (trends)"),
 )
 
 
