@@ -81,7 +81,7 @@ def main() -> None:
         "command": f"bench/key_rotation.py --residents {args.residents} --batch-size {args.batch_size}",
         "engine": url.split(":")[0], "commit": commit, "machine": platform.platform(),
         "residents": args.residents, "rows_resealed": out["rows_resealed"], "erk_cells": cells,
-        "seconds": round(wall, 2), "rows_per_s": round(out["rows_resealed"] / wall),
+        "measured_on": time.strftime("%Y-%m-%d"), "seconds": round(wall, 2), "rows_per_s": round(out["rows_resealed"] / wall),
         "erk_cells_per_s": round(cells / wall), "residents_per_s": round(args.residents / wall),
     }
     print(json.dumps(result, indent=2))

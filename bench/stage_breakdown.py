@@ -1,6 +1,9 @@
-"""Benchmark: a whole-city re-link on a PostgreSQL warehouse, stage by stage, against a bare baseline.
+"""Second table, labelled so: a whole-city first load stage by stage by library calls in ONE
+process (no Airflow scheduler, executor or task processes), against a bare baseline. What a city
+runs is measured by bench/full_run.py (real Airflow components); this script only says where the
+time goes inside the tasks.
 
-    .venv/bin/python bench/full_run.py --residents 1000000 [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+    .venv/bin/python bench/stage_breakdown.py --residents 1000000 [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
 1. Generates the synthetic city (not timed) and the departments' pseudonymized extracts with
    the export adapter (department side; timed and reported, not part of the chain).
@@ -10,10 +13,7 @@
    stage is timed alone. Airflow's own per-task overhead is measured by bench/chain_run.py.
 3. **Baseline** on a second fresh database: the same extract → join → insert as plain SQL,
    with no validation and no crypto (raw rows copied in, joined on the plaintext resident code).
-4. **Incremental**: 1,000 records changed across sources in the department's raw tables and
-   exported by the incremental adapter, then the chain again (it reads only those changes).
-
-Writes bench/results/full_run.json and bench/results/incremental.json.
+Writes bench/results/stage_breakdown.json (the incremental run through Airflow is bench/full_run.py).
 """
 
 from __future__ import annotations
@@ -235,40 +235,12 @@ def baseline(raw_dir: Path, url: str, sources, say) -> dict[str, float]:
     return {k: round(v, 3) for k, v in stages.items()}
 
 
-def change_records(raw_dir: Path, extracts_url: str, ring, sources, n: int, seed: int) -> dict[str, int]:
-    """Change ``n`` department records spread over the sources, in the raw tables (a new
-    ``updated_at``, as a department's system stamps an edit), then run each department's
-    incremental export: the adapter writes exactly those rows, and every stage runs for them."""
-    import random
-
-    from renkei.keys.adapter import now_jst, pseudonymize, raw_location
-
-    rnd = random.Random(seed)
-    shares = {"registry": 0.3, "immunization": 0.4, "child_health": 0.1, "nhi": 0.1, "subscriptions": 0.1}
-    changed: dict[str, int] = {}
-    stamp = now_jst()
-    for src in sources:
-        k = int(n * shares.get(src.name, 0))
-        if not k:
-            continue
-        db = sqlite3.connect(raw_dir / f"{src.name}.db")
-        total = db.execute(f'SELECT max(rowid) FROM "{src.name}"').fetchone()[0] or 0
-        rows = rnd.sample(range(1, total + 1), min(k, total))
-        db.executemany(f'UPDATE "{src.name}" SET updated_at = ? WHERE rowid = ?', [(stamp, r) for r in rows])
-        db.commit()
-        db.close()
-        res = pseudonymize(src, raw_location(raw_dir, src.name), extracts_url, ring)
-        changed[src.name] = res.written
-    return changed
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--residents", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--as-of", default="2025-06-01")
     ap.add_argument("--pg", default=os.environ.get("RENKEI_BENCH_PG", PG_ADMIN), help="admin URL; fresh databases are made beside it")
-    ap.add_argument("--changes", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2, help="ingest workers (Airflow task slots); default: one per core")
     ap.add_argument("--work", default=None, help="keep the city here (default: a temp dir, removed)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
@@ -339,13 +311,6 @@ def main() -> int:
         base_stages = baseline(base / "raw", base_url, sources, say)
         baseline_s = time.perf_counter() - t
 
-        changed = change_records(base / "raw", extracts_url, KeyRing.load(ring_path), sources, args.changes, args.seed)
-        inc = Stages()
-        say(f"incremental: {sum(changed.values())} records changed {changed}")
-        t = time.perf_counter()
-        inc_counts = run_chain(settings, ring_path, sources, as_of, "bench-incremental", inc, say, pool, args.workers)
-        inc_wall = time.perf_counter() - t
-        say(f"incremental wall {inc_wall:.1f}s; stages {inc.seconds}")
         pool.shutdown()
 
         common = {"command": "python " + " ".join(sys.argv), "machine": machine(), "commit": commit(),
@@ -368,19 +333,10 @@ def main() -> int:
             "counts": counts,
             **common,
         }
-        incremental = {
-            "residents": args.residents,
-            "changed_records": sum(changed.values()),
-            "changed_by_source": changed,
-            "wall_s": round(inc_wall, 2),
-            "stages": inc.seconds,
-            "counts": inc_counts,
-            **common,
-        }
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "full_run.json").write_text(json.dumps(full, indent=2, ensure_ascii=False, default=str) + "\n")
-        (out / "incremental.json").write_text(json.dumps(incremental, indent=2, ensure_ascii=False, default=str) + "\n")
+        full["what"] = "library calls in one process (no Airflow); see full_run.json for the city through Airflow"
+        (out / "stage_breakdown.json").write_text(json.dumps(full, indent=2, ensure_ascii=False, default=str) + "\n")
         say(json.dumps({k: full[k] for k in ("residents", "wall_s", "baseline_s", "ratio", "peak_rss_mb")}))
     finally:
         if not args.keep:

@@ -264,6 +264,7 @@ notices = sa.Table(
     sa.Column("created_run_id", sa.String(250), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("replaces", sa.String(64)),  # the notice this one supersedes (notice_events), if any
+    sa.Index("ix_notices_created_order", "created_at", "notice_id"),  # the relay's keyset pages
 )
 
 # The contact token of each notified resident: AES-SIV(k_contact, resident code), sealed by the

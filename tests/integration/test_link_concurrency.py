@@ -279,3 +279,41 @@ def test_a_link_after_keys_were_left_missing(city):
     assert _keys(url, "subjects") == [("subjects_pkey", "p"), ("subjects_subject_key_key", "u")]
     assert _rows(url, "SELECT indexname FROM pg_indexes WHERE tablename = 'link_flags' AND indexname = 'ix_link_flags_erk'")
     assert _count(url, "SELECT count(*) FROM subjects") == built["residents"]
+
+
+def test_services_between_a_late_registry_and_its_link_wait_without_failing(pg_factory, tmp_path):
+    """A new city's sources arrive in any order (issue #13). The others are loaded and linked
+    first (the mart is empty: no registry yet); the registry's load commits; services run before
+    the link that takes it in. The empty mart is not a lost one (no build has linked a registry
+    row yet): services plan nothing and do not fail. After the link, they draft the notices."""
+    from renkei import ingest
+    from renkei.keys.ring import KeyRing
+    from renkei.settings import Settings
+    from renkei.synth import generate
+
+    generate(200, 17, AS_OF, tmp_path / "raw", fmt="sqlite", defect_rate=0.0)
+    ring = KeyRing.generate()
+    extracts_url = f"sqlite:///{tmp_path / 'extracts.db'}"
+    sources = ingest_sources()
+    for src in sources:
+        pseudonymize(src, raw_location(tmp_path / "raw", src.name), extracts_url, ring)
+    url = pg_factory()
+    env = Settings.from_env()
+    settings = Settings(warehouse_url=url, extracts_url=extracts_url, config_dir=env.config_dir,
+                        expectations_dir=env.expectations_dir)
+
+    def load(src) -> None:  # noqa: ANN001
+        ingest.extract(src, f"ingest_{src.name}/1", settings)
+        ingest.validate(src, f"ingest_{src.name}/1", settings)
+        ingest.load(src, f"ingest_{src.name}/1", ring, settings)
+
+    for src in sources:
+        if src.name != "registry":
+            load(src)
+    assert build_mart(url, AS_OF, "link/1")["residents"] == 0
+    run_services(url, AS_OF, "services/1")
+    load(next(s for s in sources if s.name == "registry"))
+    early = run_services(url, AS_OF, "services/2")  # before: "the mart is empty although staging holds residents"
+    assert early["new"] == 0
+    assert build_mart(url, AS_OF, "link/2")["residents"] == 200
+    assert run_services(url, AS_OF, "services/3")["new"] > 0

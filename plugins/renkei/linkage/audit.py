@@ -15,10 +15,21 @@ An address that differs while the build date lies within ``move_grace_days`` aft
 registry's ``status_date`` (a recorded move the department has not caught up with) is
 *expected*: counted, not queued. A value missing on either side is not compared.
 
+A ``not_in_registry`` finding is judged only once the registry has loaded (an ingest run of
+the registry reached ``loaded``): a new city's or a restored warehouse's departments arrive in
+their own order, and a department's residents linked before the registry arrived are not
+findings — only the order of arrival. The registry's first load makes the next link build a full
+one (renkei.linkage.mart, :func:`first_loads`), so every department record is audited against it.
+
 Findings go to ``review_queue`` idempotently: a finding seen again keeps its row and decision;
-a finding no longer seen becomes inactive; a decided item whose department row has changed
-since the decision (``row_hash``) is re-opened as pending. Active ``hold`` items that are
-pending or rejected keep their ERK out of the services (renkei.linkage.review.held_erks).
+a finding no longer seen becomes inactive, and an undecided one leaves the pending list as
+``resolved`` (pending again if the finding returns); a decided item whose department row has
+changed since the decision (``row_hash``) is re-opened as pending. Active ``hold`` items that
+are pending or rejected keep their ERK out of the services (renkei.linkage.review.held_erks).
+
+The merge is set-based: the findings are written to a temporary table by INSERT … SELECT and
+merged into the queue by UPDATE … FROM and INSERT … SELECT, so memory stays flat with the size
+of the city (a Python merge of 361,415 findings grew to 4.7 GB; issue #13).
 """
 
 from __future__ import annotations
@@ -31,19 +42,24 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
+from renkei import bulk
 from renkei.config import load_sources
-from renkei.warehouse import review_queue, staging_key, staging_table
+from renkei.warehouse import ingest_runs, link_consumed, review_queue, staging_key, staging_table
 
 AUDITED_SOURCES = ("immunization", "child_health", "nhi")
 HOLD, REVIEW = "hold", "review"
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+RESOLVED = "resolved"  # an undecided item whose finding is no longer seen (inactive)
 SEVERITY = {
     "not_in_registry": HOLD, "birth_date_mismatch": HOLD, "sex_mismatch": HOLD,
     "name_mismatch": REVIEW, "address_mismatch": REVIEW,
 }
 DEFAULT_MOVE_GRACE_DAYS = 90
 ENV_MOVE_GRACE_DAYS = "RENKEI_AUDIT_MOVE_GRACE_DAYS"
+REGISTRY = "registry"
 
 
 def move_grace_days(env: dict[str, str] | None = None) -> int:
@@ -63,86 +79,168 @@ def item_id(source: str, record_key: str, reason: str) -> str:
     return hashlib.sha256(f"{source}|{record_key}|{reason}".encode()).hexdigest()[:16]
 
 
+class _item_id_sql(FunctionElement):
+    """:func:`item_id` computed by the database (the same digest on every engine)."""
+
+    type = sa.String(16)
+    inherit_cache = True
+
+
+@compiles(_item_id_sql, "postgresql")
+def _item_id_pg(element, compiler, **kw):  # noqa: ANN001
+    source, key, reason = (compiler.process(c, **kw) for c in element.clauses)
+    return (f"substr(encode(sha256(convert_to(CAST({source} AS TEXT) || '|' || {key} || '|' || "
+            f"CAST({reason} AS TEXT), 'UTF8')), 'hex'), 1, 16)")
+
+
+@compiles(_item_id_sql, "sqlite")
+def _item_id_sqlite(element, compiler, **kw):  # noqa: ANN001
+    return "renkei_item_id(%s)" % compiler.process(element.clauses, **kw)
+
+
+def has_loaded(conn: sa.Connection, source: str) -> bool:
+    """Whether ``source`` has loaded: an ingest run of it reached ``loaded`` (or, in a warehouse
+    filled without ingest, its staging holds rows). Before that, its absence says nothing: a new
+    city's or a restored warehouse's sources arrive in whatever order their departments finish."""
+    r = ingest_runs.c
+    if conn.execute(sa.select(r.run_id).where(r.source == source, r.state == "loaded").limit(1)).first():
+        return True
+    st = staging_table(load_sources()[source])
+    return conn.execute(sa.select(st.c.row_hash).limit(1)).first() is not None
+
+
+def registry_loaded(conn: sa.Connection) -> bool:
+    """Whether the registry has loaded: only then is ``not_in_registry`` a finding."""
+    return has_loaded(conn, REGISTRY)
+
+
+def first_loads(conn: sa.Connection, runs: list[tuple[str, str, str]]) -> set[str]:
+    """The sources whose first load is among ``runs`` (a link build's new ingest runs): no earlier
+    build consumed a run of theirs. Such a build is a full one: the registry's first load is
+    audited against every department record (a record whose ERK the registry does not hold is
+    in no run of the registry), and a department's first load is evaluated for every resident
+    by the services (renkei.outputs.outbox waits for it)."""
+    c = link_consumed.c
+    arriving = {source for _, source, _ in runs}
+    if not arriving:
+        return set()
+    seen = set(conn.execute(sa.select(c.source).where(c.source.in_(sorted(arriving))).distinct()).scalars())
+    return arriving - seen
+
+
 def _differs(a: sa.ColumnElement, b: sa.ColumnElement) -> sa.ColumnElement:
     return sa.and_(a.is_not(None), b.is_not(None), a != b)
 
 
 LINK_FLAG_REASONS = ("not_in_registry", "birth_date_mismatch", "sex_mismatch")  # also kept in link_flags
+FLAG_COLUMNS = ("source", "record_key", "reason", "erk", "built_run_id")
+
+
+def _found_table() -> sa.Table:
+    return sa.Table(
+        "audit_found", sa.MetaData(),
+        sa.Column("item_id", sa.String(16), nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),
+        sa.Column("record_key", sa.String(120), nullable=False),
+        sa.Column("reason", sa.String(64), nullable=False),
+        sa.Column("erk", sa.String(120), nullable=False),
+        sa.Column("severity", sa.String(8), nullable=False),
+        sa.Column("row_hash", sa.String(64)),
+        prefixes=["TEMPORARY"],
+    )
 
 
 @dataclass
 class Findings:
-    """What one pass over the department copies found (see :func:`find`)."""
+    """What one pass over the department copies found (see :func:`find`): the findings are rows
+    of ``table``, a temporary table of this connection."""
 
-    found: dict[str, dict]  # by item id: source, record_key, reason, erk, severity, row_hash
+    table: sa.Table  # item_id, source, record_key, reason, erk, severity, row_hash
+    count: int  # findings
     expected: int  # address differences explained by a recent move
-    flags: list[dict]  # the link_flags rows: source, record_key, reason, erk (LINK_FLAG_REASONS)
+    scope: sa.Select | None  # the ERKs whose records were audited (None: all)
+
+    def flags(self, run_id: str) -> sa.Select:
+        """The ``link_flags`` rows (FLAG_COLUMNS) of these findings, for link build ``run_id``."""
+        f = self.table.c
+        return sa.select(f.source, f.record_key, f.reason, f.erk, sa.literal(run_id, sa.String(250))).where(
+            f.reason.in_(LINK_FLAG_REASONS))
 
 
 def find(conn: sa.Connection, as_of: date, grace_days: int, scope: sa.Select | None = None) -> Findings:
-    """Every finding now (of the records of the ERKs in ``scope``, a SELECT of ERKs; None: all).
+    """Every finding now (of the records of the ERKs in ``scope``, a SELECT of ERKs; None: all),
+    written to a temporary table by one INSERT … SELECT per source.
 
     One outer join per source gives both the audit's findings and the mart's ``link_flags``
     (a birth date or sex that differs, or no registry row: the same conditions).
     """
+    if conn.dialect.name == "sqlite":  # PostgreSQL digests in SQL; SQLite calls Python's
+        conn.connection.driver_connection.create_function("renkei_item_id", 3, item_id, deterministic=True)
+    found = _found_table()
+    conn.execute(sa.schema.DropTable(found, if_exists=True))
+    conn.execute(sa.schema.CreateTable(found))
     srcs = load_sources()
-    reg = staging_table(srcs["registry"])
-    out = Findings({}, 0, [])
+    reg = staging_table(srcs[REGISTRY])
+    judged = registry_loaded(conn)
+    moved_since = as_of - timedelta(days=grace_days)
+    expected = 0
     for name in AUDITED_SOURCES:
         st = staging_table(srcs[name])
         key = st.c[staging_key(srcs[name])]
-        q = (
-            sa.select(
-                key.label("record_key"), st.c.erk, st.c.row_hash, reg.c.erk.label("reg_erk"), reg.c.status_date,
-                *[_differs(st.c[a], reg.c[a]).label(a) for a in ("birth_date", "sex", "name_digest", "address_digest")],
-            )
+        differs = {a: _differs(st.c[a], reg.c[a]) for a in ("birth_date", "sex", "name_digest", "address_digest")}
+        # a recorded move within the grace: the department's old address is expected
+        moved = sa.and_(reg.c.status_date.is_not(None), reg.c.status_date >= moved_since, reg.c.status_date <= as_of)
+        in_scope = st.c.erk.is_not(None) if scope is None else sa.and_(st.c.erk.is_not(None), st.c.erk.in_(scope))
+        conditions = {
+            "birth_date_mismatch": differs["birth_date"], "sex_mismatch": differs["sex"],
+            "name_mismatch": differs["name_digest"], "address_mismatch": sa.and_(differs["address_digest"], ~moved),
+        }
+        if judged:
+            conditions = {"not_in_registry": reg.c.erk.is_(None), **conditions}
+        compared = (
+            sa.select(key.label("record_key"), st.c.erk, st.c.row_hash, reg.c.erk.label("reg_erk"),
+                      *[c.label(reason) for reason, c in conditions.items()])
             .select_from(st).outerjoin(reg, reg.c.erk == st.c.erk)
-            .where(st.c.erk.is_not(None), sa.true() if scope is None else st.c.erk.in_(scope), sa.or_(
-                reg.c.erk.is_(None),
-                *[_differs(st.c[a], reg.c[a]) for a in ("birth_date", "sex", "name_digest", "address_digest")],
-            ))
+            .where(in_scope, sa.or_(*([reg.c.erk.is_(None)] if judged else []), *differs.values()))
+            .cte(f"compared_{name}")
         )
-        for r in conn.execute(q):
-            reasons = []
-            if r.reg_erk is None:
-                reasons.append("not_in_registry")
-            else:
-                reasons += [f"{a}_mismatch" for a in ("birth_date", "sex") if r._mapping[a]]
-                if r.name_digest:
-                    reasons.append("name_mismatch")
-                if r.address_digest:
-                    moved = r.status_date is not None and r.status_date <= as_of <= r.status_date + timedelta(days=grace_days)
-                    if moved:
-                        out.expected += 1
-                    else:
-                        reasons.append("address_mismatch")
-            for reason in reasons:
-                out.found[item_id(name, r.record_key, reason)] = {
-                    "source": name, "record_key": r.record_key, "reason": reason, "erk": r.erk,
-                    "severity": SEVERITY[reason], "row_hash": r.row_hash,
-                }
-                if reason in LINK_FLAG_REASONS:
-                    out.flags.append({"source": name, "record_key": r.record_key, "reason": reason, "erk": r.erk})
-    return out
+        rows = [
+            sa.select(_item_id_sql(sa.literal(name), compared.c.record_key, sa.literal(reason)),
+                      sa.literal(name), compared.c.record_key, sa.literal(reason), compared.c.erk,
+                      sa.literal(SEVERITY[reason]), compared.c.row_hash)
+            .where(compared.c[reason] if reason != "not_in_registry" else compared.c.reg_erk.is_(None))
+            for reason in conditions
+        ]
+        conn.execute(sa.insert(found).from_select(
+            ["item_id", "source", "record_key", "reason", "erk", "severity", "row_hash"], sa.union_all(*rows)))
+        expected += conn.execute(
+            sa.select(sa.func.count()).select_from(st).join(reg, reg.c.erk == st.c.erk)
+            .where(in_scope, differs["address_digest"], moved)
+        ).scalar_one()
+    conn.execute(sa.schema.CreateIndex(sa.Index("ix_audit_found_finding", found.c.source, found.c.record_key,
+                                                found.c.reason)))
+    bulk.analyze(conn, [found])
+    count = conn.execute(sa.select(sa.func.count()).select_from(found)).scalar_one()
+    return Findings(found, count, expected, scope)
 
 
-def _queued(conn: sa.Connection, scope: sa.Select | None) -> dict[str, sa.Row]:
-    """Queue items by id: all of them, or those about the records of the ERKs in ``scope``.
+def _known(scope: sa.Select | None) -> sa.ColumnElement:
+    """Queue items about the audited records: all of the audited sources, or the records of the
+    ERKs in ``scope``.
 
     By record, not by the item's ``erk``: an item keeps the ERK it was first seen under, and a
     record that moved since is judged where it is now — as a full audit would.
     """
-    if scope is None:
-        return {r.item_id: r for r in conn.execute(sa.select(review_queue))}
-    srcs = load_sources()
     q = review_queue.c
-    known: dict[str, sa.Row] = {}
+    if scope is None:
+        return q.source.in_(AUDITED_SOURCES)
+    srcs = load_sources()
+    by_source = []
     for name in AUDITED_SOURCES:
         st = staging_table(srcs[name])
         records = sa.select(st.c[staging_key(srcs[name])]).where(st.c.erk.in_(scope))
-        for r in conn.execute(sa.select(review_queue).where(q.source == name, q.record_key.in_(records))):
-            known[r.item_id] = r
-    return known
+        by_source.append(sa.and_(q.source == name, q.record_key.in_(records)))
+    return sa.or_(*by_source)
 
 
 def audit_links(conn: sa.Connection, as_of: date, run_id: str, grace_days: int | None = None,
@@ -151,50 +249,48 @@ def audit_links(conn: sa.Connection, as_of: date, run_id: str, grace_days: int |
 
     ``scope`` (a SELECT of ERKs) limits the audit to the records of those ERKs — an incremental
     build's residents; nothing about other records can have changed. None audits everything.
-    ``findings`` counts the findings of the audited records; the other counts are the queue's.
+    ``findings`` (of :func:`find`, whose scope then applies) counts the findings of the audited
+    records; the other counts are the queue's. Set-based: no finding passes through Python.
     """
     grace = move_grace_days() if grace_days is None else grace_days
     if findings is None:
         findings = find(conn, as_of, grace, scope)
-    found, expected = findings.found, findings.expected
-    q = review_queue.c
-    known = _queued(conn, scope)
-    # An item keeps its id when a link-key rotation re-seals its record_key (an nhi ERK).
-    natural = {(r.source, r.record_key, r.reason): iid for iid, r in known.items()}
-    found = {natural.get((f["source"], f["record_key"], f["reason"]), iid): f for iid, f in found.items()}
-    new, changed = [], []
-    reopened = resolved = 0
-    for iid, f in found.items():
-        old = known.get(iid)
-        if old is None:
-            new.append({"item_id": iid, **f, "state": PENDING, "active": True, "first_seen_run": run_id})
-            continue
-        update = {}
-        if not old.active:
-            update["active"] = True
-        if old.row_hash != f["row_hash"]:
-            update["row_hash"] = f["row_hash"]
-        if old.state != PENDING and old.decided_row_hash != f["row_hash"]:
-            # The department changed its record since the decision: the decision no longer covers it.
-            update.update(state=PENDING, decided_by=None, decided_at=None, comment=None, decided_row_hash=None)
-            reopened += 1
-        if update:
-            changed.append((iid, update))
-    for iid, old in known.items():
-        if old.active and iid not in found and old.source in AUDITED_SOURCES:
-            changed.append((iid, {"active": False}))
-            resolved += 1
-    if new:
-        conn.execute(sa.insert(review_queue), new)
-    for iid, update in changed:
-        conn.execute(sa.update(review_queue).where(q.item_id == iid).values(**update))
+    found, scope = findings.table, findings.scope
+    q, f = review_queue.c, found.c
+    # An item is matched by its finding (source, record key, reason), not by its id: it keeps its
+    # id when a link-key rotation re-seals its record_key (an nhi ERK).
+    same = sa.and_(f.source == q.source, f.record_key == q.record_key, f.reason == q.reason)
+    seen = sa.exists().where(same)
+    decided = q.state.in_((APPROVED, REJECTED))
+    # The department changed its record since the decision: the decision no longer covers it.
+    reopened = conn.execute(
+        review_queue.update().where(same, decided, q.decided_row_hash.is_distinct_from(f.row_hash))
+        .values(state=PENDING, decided_by=None, decided_at=None, comment=None, decided_row_hash=None)
+    ).rowcount
+    returned = conn.execute(review_queue.update().where(same, q.state == RESOLVED).values(state=PENDING)).rowcount
+    conn.execute(
+        review_queue.update().where(same, sa.or_(q.active.is_(False), q.row_hash.is_distinct_from(f.row_hash)))
+        .values(active=True, row_hash=f.row_hash)
+    )
+    queued = sa.select(review_queue.c.item_id).where(same).exists()
+    new = conn.execute(sa.insert(review_queue).from_select(
+        ["item_id", "source", "record_key", "reason", "erk", "severity", "row_hash", "state", "active",
+         "first_seen_run"],
+        sa.select(f.item_id, f.source, f.record_key, f.reason, f.erk, f.severity, f.row_hash,
+                  sa.literal(PENDING), sa.true(), sa.literal(run_id, sa.String(250))).where(~queued),
+    ), execution_options={"preserve_rowcount": True}).rowcount
+    resolved = conn.execute(
+        review_queue.update().where(q.active.is_(True), _known(scope), ~seen)
+        .values(active=False, state=sa.case((q.state == PENDING, RESOLVED), else_=q.state))
+    ).rowcount
+    conn.execute(sa.schema.DropTable(found))
 
     active = q.active.is_(True)
     by_reason = dict(conn.execute(sa.select(q.reason, sa.func.count()).where(active).group_by(q.reason)).all())
     by_state = dict(conn.execute(sa.select(q.state, sa.func.count()).where(active).group_by(q.state)).all())
     return {
-        "findings": len(found), "new": len(new), "reopened": reopened, "resolved": resolved,
-        "expected_address_changes": expected, "by_reason": by_reason, "by_state": by_state,
+        "findings": findings.count, "new": new, "reopened": reopened, "returned": returned, "resolved": resolved,
+        "expected_address_changes": findings.expected, "by_reason": by_reason, "by_state": by_state,
         "held_erks": conn.execute(sa.select(sa.func.count(sa.distinct(q.erk))).where(held_condition())).scalar_one(),
     }
 

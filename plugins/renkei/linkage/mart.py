@@ -33,6 +33,7 @@ from renkei.warehouse import (
     ensure_schema,
     MART_TABLES,
     link_builds,
+    link_consumed,
     link_flags,
     linkage,
     mart_changes,
@@ -176,8 +177,7 @@ def _audit_and_flag(conn: sa.Connection, as_of: date, run_id: str, grace: int, s
     """The integrity audit, and ``link_flags`` from the same pass over the department copies
     (birth date or sex differs from the registry's, or no registry row for the ERK)."""
     findings = audit.find(conn, as_of, grace, scope)
-    if findings.flags:
-        conn.execute(sa.insert(link_flags), [{**f, "built_run_id": run_id} for f in findings.flags])
+    conn.execute(sa.insert(link_flags).from_select(audit.FLAG_COLUMNS, findings.flags(run_id)))
     return audit.audit_links(conn, as_of, run_id, grace, scope=scope, findings=findings)
 
 
@@ -195,11 +195,17 @@ def lock_for_read(conn: sa.Connection) -> None:
 
 
 def mart_lost(conn: sa.Connection) -> bool:
-    """The mart is empty while the registry's staging holds residents: a server crash emptied
-    its unlogged tables (or someone truncated them) since the last build."""
+    """The mart is empty while the registry's staging holds residents that a build has already
+    linked: a server crash emptied its unlogged tables (or someone truncated them) since. A
+    registry loaded after the last build (a new city's sources arrive in any order) is not a
+    loss: the next build links it."""
     reg = staging_table(load_sources()["registry"])
     empty = conn.execute(sa.select(mart_residents.c.erk).limit(1)).first() is None
-    return empty and conn.execute(sa.select(reg.c.erk).where(reg.c.erk.is_not(None)).limit(1)).first() is not None
+    if not empty:
+        return False
+    linked = conn.execute(sa.select(link_consumed.c.build_seq).where(link_consumed.c.source == "registry").limit(1))
+    return (linked.first() is not None
+            and conn.execute(sa.select(reg.c.erk).where(reg.c.erk.is_not(None)).limit(1)).first() is not None)
 
 
 def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None = None) -> dict:
@@ -222,6 +228,8 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None =
         runs = changes.new_ingest_runs(conn)
         incremental = (
             full is not True and prev is not None and prev.as_of == as_of and prev.grace_days == grace
+            # a source's first load: audited and evaluated for everyone (renkei.linkage.audit)
+            and not audit.first_loads(conn, runs)
         )
         if incremental and mart_lost(conn):
             log.warning("link_residents: the mart is empty but staging is not (the warehouse restarted since "

@@ -29,11 +29,11 @@ import sqlalchemy as sa
 from renkei.config import load_sources
 from renkei.errors import RenkeiError
 from renkei.keys.ring import KeyRing
-from renkei.linkage.audit import APPROVED, PENDING, REJECTED, held_condition
+from renkei.linkage.audit import APPROVED, PENDING, REJECTED, RESOLVED, held_condition
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import TS, engine, ensure_schema, review_queue, staging_key, staging_table
 
-STATES = (PENDING, APPROVED, REJECTED)
+STATES = (PENDING, APPROVED, REJECTED, RESOLVED)  # resolved: undecided, no longer found (inactive)
 DECISIONS = (APPROVED, REJECTED)
 REQUEST_APPLIED, REQUEST_REFUSED = "applied", "refused"  # and PENDING
 

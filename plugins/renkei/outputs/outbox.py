@@ -44,6 +44,7 @@ from renkei import bulk
 from renkei.config import load_sources
 from renkei.errors import RenkeiError
 from renkei.keys.rotation import hold_link_key
+from renkei.linkage.audit import has_loaded
 from renkei.linkage.mart import lock_for_read, mart_lost
 from renkei.linkage.review import held_erks
 from renkei.linkage.subjects import assign_subjects
@@ -223,6 +224,22 @@ SERVICES = {
     "nhi_checkup": nhi_checkup_drafts,
     "event": event_drafts,
 }
+
+# The sources a service's rules read besides the registry. Until each has loaded once the
+# service is not evaluated: in a first load in any order (a new city, a restore) a child whose
+# immunization records have not arrived yet is not a child without doses. The first load itself
+# makes a full link build, so the next run evaluates every resident (renkei.linkage.audit.first_loads).
+SERVICE_SOURCES = {
+    "immunization": ("immunization",), "checkup": ("child_health",), "nhi_checkup": ("nhi",),
+    "event": ("events", "subscriptions"),
+}
+
+
+def awaiting_first_load(conn: sa.Connection, services: list[str]) -> list[str]:
+    """The ``services`` whose sources have not all loaded yet (renkei.linkage.audit.has_loaded)."""
+    return [s for s in services if not all(has_loaded(conn, src) for src in SERVICE_SOURCES.get(s, ()))]
+
+
 COLUMNS = [c.name for c in notices.columns]
 
 
@@ -475,6 +492,8 @@ def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
                 f"services run {run_id}, part {index}: the mart is empty although staging holds residents "
                 "(the warehouse restarted since the plan?): run link_residents, then this run again")
         held = held_erks(conn, part.clause(review_queue.c.erk))
+        awaiting = awaiting_first_load(conn, services)
+        services = [s for s in services if s not in awaiting]  # their open notices are left alone
         scope = None
         if plan["mode"] == INCREMENTAL:
             scope = _scope(conn, as_of, plan["link_seq"], plan["events_digest"], held)
@@ -523,6 +542,8 @@ def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
     eng.dispose()
     counts = {"part": index, "open": sum(by_kind.values()), "new": new, **lifecycle.count(moved),
               "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items()))}
+    if awaiting:
+        counts["awaiting_first_load"] = awaiting
     log.info("proactive_services on %s, part %d of %d: %s", as_of, index + 1, part.count, counts)
     return counts
 

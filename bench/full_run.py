@@ -1,0 +1,525 @@
+"""Benchmark: the whole city as a city runs it — through real Airflow components — and then
+1,000 real department changes, on the LocalExecutor and on the CeleryExecutor.
+
+    .venv/bin/python bench/full_run.py --residents 1000000 --work /work/bench1m \\
+        --executor LocalExecutor --executor CeleryExecutor [--repeat N] [--changes 1000]
+
+Per executor and repeat:
+
+1. **Baseline** (in the same run, on a fresh database, before the stack starts): the same raw
+   department rows copied into PostgreSQL and joined into one mart table with plain SQL — no
+   validation, no crypto, no Airflow (bench/stage_breakdown.py's ``baseline``).
+2. **Whole city**: a fresh PostgreSQL warehouse and Airflow metadata database; the system
+   started as separate processes by renkei.devstack (scheduler, dag-processor, triggerer,
+   api-server, and the executor's workers: LocalExecutor task processes, or ``airflow celery
+   worker`` processes on the Redis broker with the ``delivery`` queue). Once every source's
+   AssetWatcher is running, the clock starts and each department announces its first extract
+   with a change event (``--order``, registry last by default: the order that used to raise a
+   finding for every resident). The clock stops at the Redis server's arrival time of the last
+   message on the notices stream, once every outbox notice and lifecycle event is published
+   and no DAG run is queued or running. Every DAG run must end green.
+3. **Incremental**: ``--changes`` real changes made at the departments in their raw tables —
+   births, doses, moves, opt-outs, deletions — exported by the export adapter (incremental,
+   the deletions by reconcile: department side, timed as ``export_s``) and announced by one
+   change event per source. ``wall_s``: first change event → the last resulting notice or
+   withdrawal on the stream; ``new_notices`` and ``withdrawn_notices`` are counted in the
+   warehouse's outbox and lifecycle.
+4. **The Renkei pages** with the city loaded: each page fetched through the api-server
+   (authenticated, as the Airflow UI does), best of three.
+
+Peak memory sums the proportional set size (PSS, so shared pages count once) of every
+process of the system — the Airflow components and all their children, the PostgreSQL server
+and the Redis server — sampled each second; the benchmark process itself is not part of the
+system and not counted. PostgreSQL's share includes any other client's backends on this
+machine.
+
+Results: bench/results/full_run.json and incremental.json, one entry per executor (rewritten by
+this script only; a run updates its executor's entry), each with every run and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from chain_run import commit, machine  # noqa: E402
+from event_latency import dag_breakdown  # noqa: E402
+from stage_breakdown import baseline, drop_db, fresh_db  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+RESULTS = REPO / "bench" / "results"
+EXECUTORS = ("LocalExecutor", "CeleryExecutor")
+PAGES = ("runs", "quarantine", "review", "notices")
+
+
+def say(msg: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- memory of the whole system --------------------------------------------------------------
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _pids_named(*names: str) -> list[int]:
+    out = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() in names:
+                out.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+class SystemMemory:
+    """Peak of the summed PSS of the Airflow components (with every child), PostgreSQL and Redis."""
+
+    def __init__(self, stack) -> None:  # noqa: ANN001 - DevStack
+        self.stack = stack
+        self.peak: dict[str, int] = {"total_mb": 0}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        from renkei.local_airflow import descendants
+
+        airflow = set()
+        for proc in list(self.stack.procs.values()):
+            airflow.add(proc.pid)
+            airflow.update(descendants(proc.pid))
+        parts = {
+            "airflow_mb": sum(_pss_kb(p) for p in airflow) // 1024,
+            "postgres_mb": sum(_pss_kb(p) for p in _pids_named("postgres")) // 1024,
+            "redis_mb": sum(_pss_kb(p) for p in _pids_named("redis-server")) // 1024,
+        }
+        parts["total_mb"] = sum(parts.values())
+        parts["airflow_processes"] = len(airflow)
+        if parts["total_mb"] > self.peak["total_mb"]:
+            self.peak = parts
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.sample()
+
+    def __enter__(self) -> "SystemMemory":
+        self.sample()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.sample()
+
+
+# -- observing the system ---------------------------------------------------------------------
+
+
+def watchers_running(stack, n_sources: int) -> bool:  # noqa: ANN001
+    """Every source's AssetWatcher trigger is assigned to the triggerer."""
+    with stack._airflow().connect() as conn:
+        if not sa.inspect(conn).has_table("trigger"):
+            return False
+        n = conn.execute(sa.text("SELECT count(*) FROM trigger WHERE triggerer_id IS NOT NULL")).scalar()
+    return n >= n_sources
+
+
+def api_healthy(stack) -> bool:  # noqa: ANN001
+    """The api-server answers the Execution API's health check: before it does, a task's
+    supervisor cannot start its task and the run fails (a loaded machine starts it last)."""
+    import httpx
+
+    try:
+        return httpx.get(stack.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] + "health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def outbox_state(stack) -> dict:  # noqa: ANN001
+    with stack._warehouse().connect() as conn:
+        if not sa.inspect(conn).has_table("outbox_published"):
+            return {"notices": 0, "published": 0, "events": 0, "events_unpublished": 0, "withdrawn": 0}
+        row = conn.execute(sa.text(
+            "SELECT (SELECT count(*) FROM notices), (SELECT count(*) FROM outbox_published), "
+            "(SELECT count(*) FROM notice_events), (SELECT count(*) FROM notice_events WHERE stream_id IS NULL), "
+            "(SELECT count(*) FROM notice_events WHERE state = 'withdrawn')")).one()
+    return dict(zip(("notices", "published", "events", "events_unpublished", "withdrawn"), row))
+
+
+def all_published(stack) -> bool:  # noqa: ANN001
+    s = outbox_state(stack)
+    return s["notices"] > 0 and s["notices"] == s["published"] and s["events_unpublished"] == 0
+
+
+def run_states(stack, since: datetime) -> dict[str, dict[str, int]]:  # noqa: ANN001
+    with stack._airflow().connect() as conn:
+        rows = conn.execute(sa.text("SELECT dag_id, state, count(*) FROM dag_run WHERE queued_at >= :s "
+                                    "GROUP BY dag_id, state"), {"s": since}).all()
+    out: dict[str, dict[str, int]] = {}
+    for dag_id, state, n in rows:
+        out.setdefault(dag_id, {})[state] = n
+    return out
+
+
+def last_stream_arrival(stack) -> float | None:  # noqa: ANN001
+    """The Redis server's arrival time (Unix s) of the newest message on the notices stream."""
+    import redis
+
+    from renkei.devstack import REDIS_URL
+
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        last = r.xrevrange(stack.notice_stream_key(), count=1)
+        return int(last[0][0].decode().split("-")[0]) / 1000 if last else None
+    finally:
+        r.close()
+
+
+def stream_length(stack) -> int:  # noqa: ANN001
+    import redis
+
+    from renkei.devstack import REDIS_URL
+
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        return r.xlen(stack.notice_stream_key())
+    finally:
+        r.close()
+
+
+def wait_quiet(stack, what: str, bound: float, since: datetime) -> float:  # noqa: ANN001
+    """Until no DAG run is queued or running (nor queued by an asset), everything is on the
+    stream, and that holds for two polls in a row (a relay run can start right after)."""
+    seen = {"quiet": 0}
+
+    def check() -> bool:
+        if stack.unfinished_runs() or not all_published(stack):
+            seen["quiet"] = 0
+            return False
+        seen["quiet"] += 1
+        return seen["quiet"] >= 2
+
+    def progress() -> str:
+        s = outbox_state(stack)
+        runs = run_states(stack, since)
+        busy = sorted(d for d, st in runs.items() if st.get("running") or st.get("queued"))
+        return f"notices {s['notices']:,} ({s['published']:,} on the stream), running {busy}"
+
+    return stack.wait_for(what, check, bound, poll=1.0, progress=progress, every=30.0, say=say)
+
+
+# -- the departments' changes -----------------------------------------------------------------
+
+
+def _raw(stack, source: str) -> sqlite3.Connection:  # noqa: ANN001
+    con = sqlite3.connect(stack.raw / f"{source}.db", timeout=60)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def make_changes(stack, n: int, seed: int) -> dict[str, int]:  # noqa: ANN001
+    """``n`` real changes at the departments, in their raw tables: births (10 %), hepatitis B
+    doses for those newborns (10 %), doses for infants of the city (20 %), moves to another ward
+    (30 %), opt-outs (20 %) and deleted subscriptions (10 %). Returns the count by kind."""
+    from renkei.devstack import now_jst_text, tokyo_today
+
+    rnd = random.Random(seed)
+    k = {"birth": n // 10, "newborn_dose": n // 10, "infant_dose": n // 5, "move": (3 * n) // 10,
+         "opt_out": n // 5}
+    k["delete"] = n - sum(k.values())
+    born = [stack.add_birth() for _ in range(k["birth"])]
+    for code in born[: k["newborn_dose"]]:
+        stack.add_dose(code)  # HEPB 1, 42 days ago: HEPB 2 due now instead of HEPB 1
+    today = tokyo_today()
+    with _raw(stack, "registry") as reg:
+        infants = [r[0] for r in reg.execute(
+            "SELECT resident_code FROM registry WHERE status = 'resident' AND birth_date BETWEEN ? AND ?",
+            ((today - timedelta(days=300)).isoformat(), (today - timedelta(days=60)).isoformat()))]
+        adults = [r[0] for r in reg.execute(
+            "SELECT resident_code FROM registry WHERE status = 'resident' AND birth_date < ? ORDER BY rowid LIMIT 200000",
+            ((today - timedelta(days=365 * 20)).isoformat(),))]
+        wards = [r[0] for r in reg.execute("SELECT DISTINCT ward_code FROM registry")]
+    for code in rnd.sample(infants, min(k["infant_dose"], len(infants))):
+        stack.add_dose(code, "PCV", 1, today - timedelta(days=3))
+    stamp = now_jst_text()
+    moves = []
+    for code in rnd.sample(adults, min(k["move"], len(adults))):
+        moves.append((rnd.choice(wards), f"北九州市某区転居先{rnd.randint(1, 999)}番地", stamp, code))
+    with _raw(stack, "registry") as reg:
+        reg.executemany("UPDATE registry SET ward_code = ?, address = ?, updated_at = ? WHERE resident_code = ?", moves)
+    with _raw(stack, "subscriptions") as sub:
+        active = [r[0] for r in sub.execute("SELECT subscription_id FROM subscriptions WHERE opted_out_at IS NULL")]
+        picked = rnd.sample(active, min(k["opt_out"] + k["delete"], len(active)))
+        sub.executemany("UPDATE subscriptions SET opted_out_at = ?, updated_at = ? WHERE subscription_id = ?",
+                        [(stamp, stamp, s) for s in picked[: k["opt_out"]]])
+        sub.executemany("DELETE FROM subscriptions WHERE subscription_id = ?", [(s,) for s in picked[k["opt_out"]:]])
+    return {kind: (len(moves) if kind == "move" else v) for kind, v in k.items()}
+
+
+def export(stack, source: str, mode: str) -> dict:  # noqa: ANN001
+    from renkei.config import load_sources
+    from renkei.keys.adapter import pseudonymize, raw_location
+
+    res = pseudonymize(load_sources()[source], raw_location(stack.raw, source), stack.extracts, stack.ring, mode=mode)
+    return {"source": source, "mode": mode, "written": res.written, "last_seq": res.last_seq, "s": round(res.seconds, 2)}
+
+
+def publish(stack, source: str, last_seq: int, rows: int) -> None:  # noqa: ANN001
+    from renkei.events import ChangeEvent
+    from renkei.events import publish as publish_event
+    from renkei.events.channel import load_channel
+
+    stack.published.append((source, publish_event(ChangeEvent(source=source, change_seq=last_seq, row_count=rows),
+                                                  load_channel(stack.cfg_dir))))
+
+
+# -- the Renkei pages -------------------------------------------------------------------------
+
+
+def page_times(stack) -> dict[str, float]:  # noqa: ANN001
+    """Each Renkei page through the api-server, best of three (seconds)."""
+    import httpx
+
+    base = f"http://127.0.0.1:{stack.env['AIRFLOW__API__PORT']}"
+    token = httpx.get(f"{base}/auth/token", timeout=30).json()["access_token"]
+    out = {}
+    with httpx.Client(headers={"Authorization": f"Bearer {token}", "Accept": "text/html"}, timeout=120) as client:
+        for page in PAGES:
+            best = None
+            for _ in range(3):
+                t = time.perf_counter()
+                r = client.get(f"{base}/renkei/{page}")
+                took = time.perf_counter() - t
+                if r.status_code != 200:
+                    raise RuntimeError(f"/renkei/{page}: HTTP {r.status_code}")
+                best = took if best is None else min(best, took)
+            out[page] = round(best, 3)
+    return out
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, dict]:  # noqa: ANN001
+    from renkei.devstack import DevStack
+
+    tag = uuid.uuid4().hex[:6]
+    base_url = fresh_db(args.pg, f"bare{tag}")
+    try:
+        say(f"{executor}: baseline (plain SQL copy + join of the raw rows)")
+        t = time.perf_counter()
+        base_stages = baseline(city / "raw", base_url, _sources(), say)
+        baseline_s = time.perf_counter() - t
+    finally:
+        drop_db(args.pg, base_url)
+    wh_url, af_url = fresh_db(args.pg, f"wh{tag}"), fresh_db(args.pg, f"af{tag}")
+    tmp = Path(tempfile.mkdtemp(prefix="renkei-full-"))
+    stack = None
+    ok = False
+    try:
+        extra = dict(kv.split("=", 1) for kv in args.airflow_env)
+        launch = {"executor": executor} if executor != "LocalExecutor" else {}
+        if executor == "CeleryExecutor":
+            launch["celery_workers"] = args.celery_workers
+        t = time.perf_counter()
+        stack = DevStack.launch(tmp, warehouse=wh_url, airflow_db=af_url, residents=args.residents, city=city,
+                                env=extra, say=say, **launch)
+        stack.wait_for("the Execution API", lambda: api_healthy(stack), 600, poll=1.0)
+        stack.wait_for("the change-event watchers", lambda: watchers_running(stack, len(order)), 600, poll=1.0)
+        say(f"{executor}: system up in {time.perf_counter() - t:.0f}s; the departments announce their first extracts")
+        since = datetime.now(timezone.utc)
+        with SystemMemory(stack) as mem:
+            t0 = time.time()
+            for source in order:
+                stack.announce(source)
+            wait_quiet(stack, "the whole city", args.bound, since)
+        end = last_stream_arrival(stack)
+        wall = end - t0
+        full_state = outbox_state(stack)
+        runs = run_states(stack, since)
+        failed = {d: st["failed"] for d, st in runs.items() if st.get("failed")}
+        per_dag, per_task = dag_breakdown(af_url, since)
+        say(f"{executor}: whole city {wall:.1f}s (baseline {baseline_s:.1f}s), {full_state['notices']:,} notices, "
+            f"peak {mem.peak['total_mb']} MB {mem.peak}; failed runs {failed or 'none'}")
+        pages = page_times(stack)
+        say(f"{executor}: pages {pages}")
+
+        say(f"{executor}: {args.changes} changes at the departments")
+        before = outbox_state(stack)
+        stream_before = stream_length(stack)
+        kinds = make_changes(stack, args.changes, args.seed)
+        t_exp = time.perf_counter()
+        exports = [export(stack, "registry", "incremental"), export(stack, "immunization", "incremental"),
+                   export(stack, "subscriptions", "reconcile")]
+        export_s = time.perf_counter() - t_exp
+        inc_since = datetime.now(timezone.utc)
+        with SystemMemory(stack) as inc_mem:
+            t1 = time.time()
+            for e in exports:
+                if e["last_seq"] is not None and e["written"]:
+                    publish(stack, e["source"], e["last_seq"], e["written"])
+            wait_quiet(stack, "the changes", args.bound, inc_since)
+        inc_end = last_stream_arrival(stack)
+        after = outbox_state(stack)
+        inc_runs = run_states(stack, inc_since)
+        inc_failed = {d: st["failed"] for d, st in inc_runs.items() if st.get("failed")}
+        inc_per_dag, inc_per_task = dag_breakdown(af_url, inc_since)
+        inc = {
+            "wall_s": round(inc_end - t1, 2),
+            "export_s": round(export_s, 2),
+            "changed_records": sum(e["written"] for e in exports),
+            "changes_by_kind": kinds,
+            "exports": exports,
+            "new_notices": after["notices"] - before["notices"],
+            "withdrawn_notices": after["withdrawn"] - before["withdrawn"],
+            "lifecycle_events": after["events"] - before["events"],
+            "stream_messages": stream_length(stack) - stream_before,
+            "failed_runs": inc_failed,
+            "dag_runs": inc_runs,
+            "per_dag_median_s": inc_per_dag,
+            "per_task_median_s": inc_per_task,
+            "peak_pss_mb": inc_mem.peak,
+        }
+        say(f"{executor}: changes → stream {inc['wall_s']}s (export {inc['export_s']}s): {inc['new_notices']} new "
+            f"notices, {inc['withdrawn_notices']} withdrawn, failed runs {inc_failed or 'none'}")
+        full = {
+            "wall_s": round(wall, 2),
+            "baseline_s": round(baseline_s, 2),
+            "ratio": round(wall / baseline_s, 2),
+            "peak_rss_mb": mem.peak["total_mb"],
+            "peak_pss": mem.peak,
+            "baseline_stages": base_stages,
+            "announce_order": order,
+            "notices": full_state["notices"],
+            "failed_runs": failed,
+            "dag_runs": runs,
+            "per_dag_median_s": per_dag,
+            "per_task_median_s": per_task,
+            "page_s": pages,
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        }
+        ok = not (failed or inc_failed)  # a red run keeps its logs for the reader
+        return full, inc
+    finally:
+        if stack is not None:
+            stack.shutdown()
+        if args.keep or not ok:
+            say(f"kept {tmp} and databases {wh_url.rsplit('/', 1)[1]}, {af_url.rsplit('/', 1)[1]}" if args.keep
+                else f"the run failed: logs in {tmp}")
+        if not args.keep:
+            drop_db(args.pg, wh_url)
+            drop_db(args.pg, af_url)
+            if ok:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sources():  # noqa: ANN202
+    from renkei.config import ingest_sources
+
+    return ingest_sources()
+
+
+def _median_entry(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in keys}
+
+
+def write_results(name: str, executor: str, entry: dict) -> None:
+    path = RESULTS / name
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(doc, dict) or "residents" in doc:  # the old single-entry layout
+        doc = {}
+    doc[executor] = entry
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _terminate(signum, frame) -> None:  # noqa: ANN001
+    raise SystemExit(f"stopped by signal {signum}")  # the finally blocks stop the stack and drop the databases
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--residents", type=int, default=1_000_000)
+    ap.add_argument("--work", required=True, help="the prepared city lives in WORK/city (made there once)")
+    ap.add_argument("--executor", action="append", choices=EXECUTORS, help="repeatable; default: both")
+    ap.add_argument("--celery-workers", type=int, default=2, help="`airflow celery worker` processes on the default queue")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--changes", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--order", default="", help="comma-separated announce order (default: registry last)")
+    ap.add_argument("--pg", default=os.environ.get("RENKEI_BENCH_PG", PG_ADMIN))
+    ap.add_argument("--bound", type=float, default=3600.0, help="seconds a stage may take before the run fails")
+    ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--dry", action="store_true", help="measure but write no result file (trying the script out)")
+    args = ap.parse_args()
+
+    from renkei.devstack import prepare_city
+
+    city = Path(args.work) / "city"
+    info = prepare_city(city, args.residents, say=say)
+    names = [s.name for s in _sources()]
+    order = [s for s in args.order.split(",") if s] or [n for n in names if n != "registry"] + ["registry"]
+    if sorted(order) != sorted(names):
+        ap.error(f"--order must name each source once: {', '.join(names)}")
+    common = {"command": "python " + " ".join(sys.argv), "machine": machine(), "commit": commit(),
+              "measured_on": date.today().isoformat(), "city": info}
+    for executor in args.executor or EXECUTORS:
+        fulls, incs = [], []
+        for i in range(args.repeat):
+            say(f"== {executor}, run {i + 1} of {args.repeat}, {args.residents:,} residents")
+            full, inc = one_run(args, executor, city, order)
+            fulls.append(full)
+            incs.append(inc)
+        head = {"residents": args.residents, "executor": executor, "repeat": args.repeat}
+        if executor == "CeleryExecutor":
+            head["celery_workers"] = args.celery_workers
+        full_entry = {**head, **_median_entry(fulls, ("wall_s", "baseline_s", "ratio")),
+                      "peak_rss_mb": max(r["peak_rss_mb"] for r in fulls),
+                      "peak_memory_note": "summed PSS of every Airflow process, PostgreSQL and Redis",
+                      "runs": fulls, **common}
+        inc_entry = {**head, **_median_entry(incs, ("wall_s", "export_s")),
+                     "changed_records": incs[0]["changed_records"],
+                     "new_notices": statistics.median(r["new_notices"] for r in incs),
+                     "withdrawn_notices": statistics.median(r["withdrawn_notices"] for r in incs),
+                     "runs": incs, **common}
+        print(json.dumps({k: full_entry[k] for k in ("residents", "executor", "wall_s", "baseline_s", "ratio",
+                                                     "peak_rss_mb")}), flush=True)
+        print(json.dumps({k: inc_entry[k] for k in ("residents", "executor", "wall_s", "export_s", "changed_records",
+                                                    "new_notices", "withdrawn_notices")}), flush=True)
+        if not args.dry:
+            write_results("full_run.json", executor, full_entry)
+            write_results("incremental.json", executor, inc_entry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
