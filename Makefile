@@ -17,10 +17,16 @@ help:
 	@echo "make lint   audit the pinned dependencies (pip-audit; config/pip-audit-ignore.txt)"
 	@echo "make test   run the tests (PostgreSQL/Redis tests skip when absent unless RENKEI_REQUIRE_SERVICES=1)"
 
-$(STAMP): requirements.lock pyproject.toml
+# Browser assets no Python package ships (bootstrap-table for the GX Data Docs index, its dark
+# theme): installed from their lock at setup, never fetched at run time (renkei/quality/datadocs.py).
+OFFLINE_ASSETS := tools/offline-assets
+
+$(STAMP): requirements.lock pyproject.toml $(OFFLINE_ASSETS)/package-lock.json
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@command -v npm >/dev/null || { echo "make venv: npm (Node.js) is needed for $(OFFLINE_ASSETS): apt-get install npm" >&2; exit 1; }
+	npm ci --prefix $(OFFLINE_ASSETS) --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -4,14 +4,17 @@ A small synthetic city (with seeded defects) goes through the real export adapte
 ingest steps (extract → validate → load) of every ingest source, in small chunks so that each
 run's result is merged from several GX results. Then: one page per (run, source), the index
 and the suites' pages exist; no page loads anything from outside the site and every asset a
-page names is a file of the site; no raw name, resident code, address or household code is in
-any file of the store (the leak scan); and a hand-made batch gives hand-counted numbers.
+page names is a file of the site, bootstrap-table (which fills the index's table) included;
+every CDN asset of GX's templates has a local copy of a matching version; a build without the
+npm install warns and leaves those tags out; no raw name, resident code, address or household
+code is in any file of the store (the leak scan); and a hand-made batch gives hand-counted numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import sqlite3
 from dataclasses import replace
@@ -28,12 +31,25 @@ from renkei.keys.adapter import pseudonymize
 from renkei.quality import datadocs
 from renkei.settings import Settings
 
+REPO = Path(__file__).resolve().parents[2]
 AS_OF = date(2025, 6, 1)
 RESIDENTS = 300
 IDENTIFYING = ("resident_code", "name_kana", "name_kanji", "address", "household_code")
 # a tag that would make the browser fetch something: script/link/img with an absolute or protocol-relative URL
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=\s*[\"'](?:https?:)?//", re.I)
 ASSET = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*[\"']([^\"'#]+)[\"']", re.I)
+# what GX's index needs to fill its table, and its dark theme: npm packages (tools/offline-assets)
+BOOTSTRAP_TABLE = ("bootstrap-table/bootstrap-table.min.js", "bootstrap-table/bootstrap-table.min.css",
+                   "bootstrap-table/bootstrap-table-filter-control.min.js",
+                   "bootstrap-table/bootstrap-table-filter-control.min.css",
+                   "bootstrap-dark/bootstrap-prefers-dark.css")
+
+
+def _need_npm_assets() -> None:
+    """Skip (a failure under RENKEI_REQUIRE_SERVICES=1) when `make venv` has not run npm ci."""
+    if not (REPO / "tools" / "offline-assets" / "node_modules" / "bootstrap-table" / "dist").is_dir():
+        pytest.skip("tools/offline-assets/node_modules is missing: run `make venv` "
+                    "(npm ci --prefix tools/offline-assets --ignore-scripts)")
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -130,6 +146,47 @@ def test_pages_load_nothing_from_outside_the_site(city_docs):
     assert any((assets / "font-awesome" / "webfonts").glob("*.woff2"))
 
 
+def test_the_index_loads_bootstrap_table_from_the_site(city_docs):
+    _need_npm_assets()
+    site = city_docs[2] / "site"
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assets = site / "static" / "offline"
+    for name in BOOTSTRAP_TABLE:
+        assert f'"static/offline/{name}"' in index, f"the index does not load {name}"
+        assert (assets / name).stat().st_size > 100, name
+    assert "not installed" not in index
+    head = (assets / "bootstrap-table" / "bootstrap-table.min.js").read_text(encoding="utf-8")[:400]
+    assert "@version v1.19.1" in head  # the version tools/offline-assets/package-lock.json pins
+    # a validation page (four folders down) loads the same files, by a relative path
+    page = (site / datadocs.pages_of("immunization", str(city_docs[2]))[0]["path"]).read_text(encoding="utf-8")
+    assert '"../../../../static/offline/bootstrap-table/bootstrap-table.min.js"' in page
+
+
+def test_every_cdn_asset_of_the_gx_templates_has_a_local_copy_of_its_version():
+    """GX upgraded with new asset URLs or versions: this fails, naming what to pin."""
+    import great_expectations
+
+    templates = Path(great_expectations.__file__).parent / "render" / "view" / "templates"
+    tag_url = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=\"(https://[^\"]+)\"")
+    urls = {u for t in templates.glob("*.j2") for u in tag_url.findall(t.read_text(encoding="utf-8"))}
+    assert any("bootstrap-table@" in u for u in urls)  # the scan sees GX's asset tags
+    dropped = {u for u in urls if datadocs._local_asset(u) is None}
+    # Popper is inside XStatic-Bootstrap's bootstrap.bundle; nothing else may be dropped.
+    assert {u.split("/ajax/libs/")[-1].split("/")[0] for u in dropped} == {"popper.js"}, dropped
+    locked = json.loads((REPO / "tools" / "offline-assets" / "package-lock.json").read_text(encoding="utf-8"))
+    npm_url = re.compile(r"https://(?:unpkg\.com|cdn\.jsdelivr\.net/npm)/(@?[^@]+)@(\d+\.\d+)")
+    checked = set()
+    for url in urls:
+        found = npm_url.match(url)
+        if found and f"node_modules/{found[1]}" in locked["packages"]:
+            version = locked["packages"][f"node_modules/{found[1]}"]["version"]
+            assert version.startswith(found[2] + "."), f"{url}: tools/offline-assets locks {found[1]} {version}"
+            checked.add(found[1])
+    assert checked == {"bootstrap-table", "@forevolve/bootstrap-dark"}
+    for package in checked:  # npm ci installs exactly these, checked against their integrity hashes
+        assert locked["packages"][f"node_modules/{package}"]["integrity"].startswith("sha512-")
+
+
 def test_no_personal_value_in_any_data_docs_file(city_docs):
     raw, _, store, _ = city_docs
     identifiers = _raw_identifiers(raw)
@@ -207,6 +264,33 @@ def test_docs_off_builds_nothing(tmp_path, monkeypatch, ring):
     assert not list(tmp_path.rglob("*.html"))
 
 
+def test_without_the_npm_install_pages_build_and_a_later_build_adds_it(tmp_path, monkeypatch, ring, caplog):
+    """No tools/offline-assets/node_modules: a warning, the tags removed (never a CDN), no crash;
+    after `make venv` the next build copies the files and the index loads them."""
+    _need_npm_assets()
+    store = tmp_path / "dd"
+    monkeypatch.setenv(datadocs.ENV, str(store))
+    settings = _settings(tmp_path)
+    pseudonymize(IMM, _imm_csv(tmp_path / "imm.csv", [_imm(i) for i in range(5)]), settings.extracts_url, ring)
+    index, assets = store / "site" / "index.html", store / "site" / "static" / "offline"
+    with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger=datadocs.__name__):
+        mp.setattr(datadocs, "NODE_MODULES", tmp_path / "not-installed")
+        extract(IMM, "ingest_immunization/manual__bare", settings)
+    warned = [r.getMessage() for r in caplog.records if r.name == datadocs.__name__]
+    assert any("bootstrap-table/bootstrap-table.min.js" in m and "make venv" in m for m in warned), warned
+    html = index.read_text(encoding="utf-8")
+    assert "unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js not installed" in html
+    assert not EXTERNAL.search(html) and "static/offline/bootstrap-table/" not in html
+    assert '"static/offline/jquery/jquery.min.js"' in html  # the Python packages' assets are there
+    assert not (assets / "bootstrap-table").exists()
+
+    extract(IMM, "ingest_immunization/manual__installed", settings)
+    html = index.read_text(encoding="utf-8")
+    assert all(f'"static/offline/{name}"' in html and (assets / name).is_file() for name in BOOTSTRAP_TABLE)
+    assert not EXTERNAL.search(html) and "not installed" not in html
+    assert set(BOOTSTRAP_TABLE) <= set(json.loads((assets / "assets.json").read_text(encoding="utf-8")))
+
+
 def test_offline_rewrite_and_store_options():
     page = ('<link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>'
             '<script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" '
@@ -220,6 +304,17 @@ def test_offline_rewrite_and_store_options():
                    '<!-- renkei: https://example.org/tracker.js not available offline -->'
                    '<img src="../../static/images/logo-long.png">'
                    '<a href="https://greatexpectations.io">GX</a>')
+    # bootstrap-table: GX names the filter-control CSS unminified (and at 1.19.0); the site has 1.19.1's .min
+    table = ('<link rel="stylesheet" type="text/css" '
+             'href="https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css">'
+             '<script src="https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js"></script>')
+    assert datadocs.offline_html(table, depth=0) == (
+        '<link rel="stylesheet" type="text/css" href="static/offline/bootstrap-table/bootstrap-table-filter-control.min.css">'
+        '<script src="static/offline/bootstrap-table/bootstrap-table.min.js"></script>')
+    assert datadocs.offline_html(table, depth=0, available={"bootstrap-table/bootstrap-table.min.js"}) == (
+        '<!-- renkei: https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/'
+        'bootstrap-table-filter-control.css not installed (make venv: tools/offline-assets) -->'
+        '<script src="static/offline/bootstrap-table/bootstrap-table.min.js"></script>')
     assert datadocs._backend("s3://docs-bucket/renkei", "site") == {
         "class_name": "TupleS3StoreBackend", "bucket": "docs-bucket", "prefix": "renkei/site"}
     assert datadocs._backend("/srv/docs", "results") == {

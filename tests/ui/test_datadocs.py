@@ -5,8 +5,10 @@ stack (ui_stack: `renkei run` on a small city, then `make up`) builds one Data D
 ingest run and source; headless Chromium — every host but 127.0.0.1 unresolvable and every
 proxied request sent to a closed port — follows the runs page's link and must get a rendered
 page: Bootstrap's styles applied, jQuery and Bootstrap's plugins loaded, Font Awesome's font
-loaded, Vega's scripts defined, and no request outside the api-server. Screenshots go to
-$RENKEI_ARTIFACTS (default tests/artifacts/ui/). No page may hold a raw name, code or address.
+loaded, Vega's scripts defined, and no request outside the api-server. From there GX's "Home"
+link opens the site's index, whose table bootstrap-table fills (tools/offline-assets): a row per
+source's run, searchable, each row opening its page. Screenshots go to $RENKEI_ARTIFACTS
+(default tests/artifacts/ui/). No page may hold a raw name, code or address.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ ARTIFACTS = Path(os.environ.get("RENKEI_ARTIFACTS", REPO / "tests" / "artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 60
 DOCS_LINK = re.compile(r'href="(/renkei/datadocs/validations/([^/"]+)/[^"]+\.html)"')
+INDEX_ROWS = "table.ge-index-page-validation-results-table tbody tr.clickable-row"
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,35 @@ def _shot(driver, name: str) -> Path:
     return path
 
 
+def _login(driver, server) -> None:
+    """Sign in as viewer (once per browser: the session cookie stays)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    if driver.get_cookie("_token"):
+        return
+    driver.get(f"{server.url}/auth/login?next=/")
+    user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
+    user.send_keys("viewer")
+    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["viewer"])
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+
+
+def _open_validation_page(driver, server, source: str) -> None:
+    """From the runs page, follow the source's Data Docs link (as a reader would)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.get(f"{server.url}/renkei/runs")
+    link = _wait(driver, ec.presence_of_element_located(
+        (By.XPATH, f"//table[@id='sources']//tr[td[1]='{source}']//a[contains(@class, 'data-docs')]")),
+        f"{source}'s Data Docs link")
+    link.click()
+    _wait(driver, lambda d: "/renkei/datadocs/validations/" in d.current_url
+          and d.execute_script("return document.readyState") == "complete", "the Data Docs page")
+
+
 def _sources(server) -> list[str]:
     with sqlite3.connect(server.warehouse) as conn:
         return sorted(r[0] for r in conn.execute("SELECT DISTINCT source FROM ingest_runs"))
@@ -128,12 +160,7 @@ def test_a_data_docs_page_renders_with_the_network_cut_off(server, offline_brows
     from selenium.webdriver.support import expected_conditions as ec
 
     driver = offline_browser
-    driver.get(f"{server.url}/auth/login?next=/")
-    user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
-    user.send_keys("viewer")
-    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["viewer"])
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+    _login(driver, server)
 
     # Positive control: the browser really cannot reach a CDN.
     reached = driver.execute_async_script(
@@ -191,3 +218,54 @@ def test_a_data_docs_page_renders_with_the_network_cut_off(server, offline_brows
           "the passing expectations to be hidden")
     assert driver.execute_script("return $('i.fa-times:visible').length") > 0  # immunization has seeded defects
     _shot(driver, "datadocs-02-validation-failed-only")
+
+
+def test_the_data_docs_index_lists_every_run_with_the_network_cut_off(server, offline_browser):
+    """GX's index fills its table with bootstrap-table: served from the site, so the rows show."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = offline_browser
+    _login(driver, server)
+    _open_validation_page(driver, server, "immunization")
+    home = _wait(driver, ec.element_to_be_clickable(
+        (By.XPATH, "//ol[contains(@class, 'ge-breadcrumbs')]//a[normalize-space()='Home']")), "GX's Home link")
+    home.click()
+    _wait(driver, lambda d: urlsplit(d.current_url).path == "/renkei/datadocs/index.html"
+          and d.execute_script("return document.readyState") == "complete", "the Data Docs index")
+    _wait(driver, lambda d: d.execute_script(f"return document.querySelectorAll('{INDEX_ROWS}').length") > 0,
+          "the index table's rows")
+    state = driver.execute_script(f"""
+        const table = jQuery('table.ge-index-page-validation-results-table');
+        return {{
+          bootstrap_table: typeof jQuery.fn.bootstrapTable,
+          filter_control: document.querySelectorAll('.bootstrap-table .filter-control').length,
+          rows: [...document.querySelectorAll('{INDEX_ROWS}')].map(r => r.dataset.href),
+          all_rows: table.bootstrapTable('getData', {{useCurrentPage: false}}).map(r => r._table_row_link_path),
+          empty: document.querySelectorAll('.ge-index-page-validation-results-table .no-records-found').length,
+          resources: performance.getEntriesByType('resource').map(r => r.name),
+        }};""")
+    _shot(driver, "datadocs-03-index-offline")
+    assert state["bootstrap_table"] == "function" and state["filter_control"] > 0
+    assert state["rows"] and not state["empty"]
+    # a result per ingest run and source: every source that ran is listed, with a link to its page
+    linked = [re.fullmatch(r"validations/([^/]+)/[^/]+/[^/]+/\1\.html", href) for href in state["all_rows"]]
+    assert all(linked), state["all_rows"]
+    assert {m.group(1) for m in linked} == set(_sources(server))
+    origin = urlsplit(server.url).netloc
+    outside = [r for r in state["resources"] if urlsplit(r).netloc != origin]
+    assert not outside, f"the index requested {outside}"
+    assert any("/static/offline/bootstrap-table/bootstrap-table.min.js" in r for r in state["resources"])
+    assert not server.leaks(driver.page_source)
+
+    # The table's own search (bootstrap-table) narrows it to one source; a row opens its page.
+    search = driver.find_element(By.CSS_SELECTOR, ".bootstrap-table .fixed-table-toolbar input.search-input")
+    search.send_keys("immunization")
+    _wait(driver, lambda d: {h.split("/")[1] for h in d.execute_script(
+        f"return [...document.querySelectorAll('{INDEX_ROWS}')].map(r => r.dataset.href)")} == {"immunization"},
+          "the search to leave immunization's rows only")
+    _shot(driver, "datadocs-04-index-searched")
+    driver.find_element(By.CSS_SELECTOR, INDEX_ROWS).click()
+    _wait(driver, lambda d: re.search(r"/renkei/datadocs/validations/immunization/.+/immunization\.html$",
+                                      urlsplit(d.current_url).path)
+          and "Expectation Validation Result" in d.find_element(By.TAG_NAME, "body").text, "immunization's page")

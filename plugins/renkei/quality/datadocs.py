@@ -12,11 +12,13 @@ results are merged into one result per expectation — counts summed, success on
 chunk passed — and nothing else: no unexpected values, no row positions, no exception text
 (it may quote a value). Only a table-level expectation keeps its observed value (column names).
 
-Offline: GX's page templates load Bootstrap, jQuery, Font Awesome, a datepicker and Vega from
-public CDNs. Every page built is rewritten to load them from ``static/offline/`` inside the site,
-copied from Python packages pinned in requirements.lock (XStatic-*, altair-viewer's Vega
-scripts). Assets that no pinned package ships (bootstrap-table, a dark theme) are dropped, and
-any other external script, style or image tag too: a page never reaches out of the site.
+Offline: GX's page templates load Bootstrap, jQuery, Font Awesome, a datepicker, Vega,
+bootstrap-table and a dark theme from public CDNs. Every page built is rewritten to load them from
+``static/offline/`` inside the site, copied from Python packages pinned in requirements.lock
+(XStatic-*, altair-viewer's Vega scripts) and, for the two no Python package ships, from npm
+packages locked in tools/offline-assets (installed by ``make venv``). Any other external script,
+style or image tag is dropped, and so is the tag of an npm asset that is not installed (with a
+warning: the index's table stays empty without bootstrap-table): a page never reaches out of the site.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,10 +267,11 @@ def publish(run: RunValidation, suite: Any, where: str | None = None,
             if pages.has_key(_page_key(key)):
                 pages.remove_key(_page_key(key))
         builder.build(resource_identifiers=[result_id, suite_id])
-        _copy_offline_assets(pages)
+        available = _copy_offline_assets(pages)
         for key in (_page_key(result_id), _suite_key(suite_id), ("index.html",)):
             if pages.has_key(key):
-                pages.set(key, offline_html(pages.get(key), depth=len(key) - 1), content_type="text/html; charset=utf-8")
+                pages.set(key, offline_html(pages.get(key), depth=len(key) - 1, available=available),
+                          content_type="text/html; charset=utf-8")
     page = "/".join(_page_key(result_id))
     log.info("data docs %s: %s (%d rows)", run.source, page, run.rows)
     return page
@@ -317,6 +321,20 @@ ASSETS: dict[str, tuple[str, str]] = {
 }
 FONT_DIRS = {"font-awesome/webfonts": ("xstatic.pkg.font_awesome", "data/webfonts")}
 
+# Site path under static/offline/ -> (npm package, file inside it), from tools/offline-assets'
+# package-lock.json: bootstrap-table fills the index page's table (and sorts the others), and the
+# dark theme applies when the reader's system prefers dark. GX 1.24 asks for these versions.
+NODE_MODULES = Path(__file__).resolve().parents[3] / "tools" / "offline-assets" / "node_modules"
+NPM_ASSETS: dict[str, tuple[str, str]] = {
+    "bootstrap-table/bootstrap-table.min.css": ("bootstrap-table", "dist/bootstrap-table.min.css"),
+    "bootstrap-table/bootstrap-table.min.js": ("bootstrap-table", "dist/bootstrap-table.min.js"),
+    "bootstrap-table/bootstrap-table-filter-control.min.css":
+        ("bootstrap-table", "dist/extensions/filter-control/bootstrap-table-filter-control.min.css"),
+    "bootstrap-table/bootstrap-table-filter-control.min.js":
+        ("bootstrap-table", "dist/extensions/filter-control/bootstrap-table-filter-control.min.js"),
+    "bootstrap-dark/bootstrap-prefers-dark.css": ("@forevolve/bootstrap-dark", "dist/css/bootstrap-prefers-dark.css"),
+}
+
 # CDN URL (prefix) in GX's templates -> the offline asset, or None to drop the tag.
 CDN: list[tuple[str, str | None]] = [
     ("https://maxcdn.bootstrapcdn.com/bootstrap/", "bootstrap/bootstrap.min.css"),
@@ -328,6 +346,8 @@ CDN: list[tuple[str, str | None]] = [
     ("https://cdn.jsdelivr.net/npm/vega@", "vega/vega.js"),
     ("https://cdn.jsdelivr.net/npm/vega-lite@", "vega/vega-lite.js"),
     ("https://cdn.jsdelivr.net/npm/vega-embed@", "vega/vega-embed.js"),
+    ("https://unpkg.com/bootstrap-table@", None),  # per file below
+    ("https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@", "bootstrap-dark/bootstrap-prefers-dark.css"),
 ]
 _GX_LOGO = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png"
 _TAG = re.compile(r"<(script|link|img)\b[^>]*?\b(?:src|href)\s*=\s*[\"'](https?:)?//[^>]*>(?:\s*</script>)?",
@@ -338,15 +358,21 @@ _URL = re.compile(r"\b(?:src|href)\s*=\s*[\"']((?:https?:)?//[^\"']+)[\"']", re.
 def _local_asset(url: str) -> str | None:
     if url.startswith("https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/"):
         return "datepicker/bootstrap-datepicker." + ("css" if url.endswith(".css") else "js")
+    if url.startswith("https://unpkg.com/bootstrap-table@"):
+        # …/bootstrap-table.min.js, …/bootstrap-table-filter-control.css: GX names the minified file or not
+        base, _, kind = url.split("?")[0].rsplit("/", 1)[-1].rpartition(".")
+        asset = f"bootstrap-table/{base.removesuffix('.min')}.min.{kind}"
+        return asset if asset in NPM_ASSETS else None
     for prefix, asset in CDN:
         if url.startswith(prefix):
             return asset
     return None
 
 
-def offline_html(html: str, depth: int) -> str:
+def offline_html(html: str, depth: int, available: Collection[str] | None = None) -> str:
     """The page with every external script/style/image tag pointed at the site's own copy of
-    the asset, or removed when no pinned package ships it. ``depth``: folders below the site."""
+    the asset, or removed when no pinned package ships it. ``depth``: folders below the site;
+    ``available``: the assets the site holds (None: all), a tag for any other is removed too."""
     up = "../" * depth
 
     def replace(match: re.Match) -> str:
@@ -357,6 +383,8 @@ def offline_html(html: str, depth: int) -> str:
         asset = _local_asset(url)
         if asset is None:
             return f"<!-- renkei: {url.split('?')[0]} not available offline -->"
+        if available is not None and asset not in available:
+            return f"<!-- renkei: {url.split('?')[0]} not installed (make venv: tools/offline-assets) -->"
         local = f"{up}{'/'.join(OFFLINE)}/{asset}"
         tag = re.sub(r"\s(integrity|crossorigin)\s*=\s*[\"'][^\"']*[\"']", "", tag)
         return tag.replace(url, local)
@@ -364,19 +392,42 @@ def offline_html(html: str, depth: int) -> str:
     return _TAG.sub(replace, html)
 
 
-def _copy_offline_assets(pages: Any) -> None:
-    """Copy the pinned packages' asset files into the site once (a marker records the set)."""
+def _copy_offline_assets(pages: Any) -> set[str]:
+    """Copy the asset files into the site once (a marker lists those copied); returns the assets
+    the site holds. An npm asset that is not installed is left out, with a warning."""
     marker = (*OFFLINE, "assets.json")
-    wanted = json.dumps(sorted(ASSETS) + sorted(FONT_DIRS), sort_keys=True)
-    if pages.has_key(marker) and pages.get(marker) == wanted:
-        return
-    files = [((*OFFLINE, *site.split("/")), _package_dir(pkg) / inside) for site, (pkg, inside) in ASSETS.items()]
-    for site, (pkg, inside) in FONT_DIRS.items():
-        for font in sorted((_package_dir(pkg) / inside).iterdir()):
-            files.append(((*OFFLINE, *site.split("/"), font.name), font))
-    for key, source in files:
-        pages.set(key, source.read_bytes(), content_type=_content_type(source.name))
-    pages.set(marker, wanted, content_type="application/json")
+    have = set(json.loads(pages.get(marker))) if pages.has_key(marker) else set()
+    wanted = {*ASSETS, *FONT_DIRS, *NPM_ASSETS}
+    missing = wanted - have
+    copied = set()
+    for name in sorted(missing):
+        files = _asset_files(name)
+        if files is None:
+            continue
+        for key, source in files:
+            pages.set(key, source.read_bytes(), content_type=_content_type(source.name))
+        copied.add(name)
+    if missing - copied:
+        log.warning("data docs: %s not installed under %s; the pages are built without them (the index "
+                    "page's table stays empty): run `make venv` (npm ci --prefix tools/offline-assets)",
+                    ", ".join(sorted(missing - copied)), NODE_MODULES)
+    if copied:
+        pages.set(marker, json.dumps(sorted(have | copied)), content_type="application/json")
+    return (have | copied) & wanted
+
+
+def _asset_files(name: str) -> list[tuple[tuple[str, ...], Path]] | None:
+    """(site key, source file) for one offline asset; None for an npm asset not installed."""
+    key = (*OFFLINE, *name.split("/"))
+    if name in ASSETS:
+        pkg, inside = ASSETS[name]
+        return [(key, _package_dir(pkg) / inside)]
+    if name in FONT_DIRS:
+        pkg, inside = FONT_DIRS[name]
+        return [((*key, font.name), font) for font in sorted((_package_dir(pkg) / inside).iterdir())]
+    pkg, inside = NPM_ASSETS[name]
+    source = NODE_MODULES / pkg / inside
+    return [(key, source)] if source.is_file() else None
 
 
 def _content_type(name: str) -> str:
