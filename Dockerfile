@@ -9,6 +9,13 @@
 #
 # No key material is ever copied in: the keyring is mounted at run time (compose `secrets:`),
 # and .dockerignore keeps var/, .env and keyring files out of the build context.
+# The Data Docs' browser assets that no Python package ships (bootstrap-table), from the npm lock
+# with its integrity hashes; only node_modules is copied into the image (no Node.js at run time).
+FROM node:20-bookworm-slim AS offline-assets
+WORKDIR /assets
+COPY tools/offline-assets/package.json tools/offline-assets/package-lock.json tools/offline-assets/.npmrc ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11-slim-bookworm
 
 ARG AIRFLOW_UID=50000
@@ -45,6 +52,7 @@ COPY plugins ./plugins
 COPY dags ./dags
 COPY config ./config
 COPY expectations ./expectations
+COPY --from=offline-assets /assets/node_modules ./tools/offline-assets/node_modules
 RUN pip install --no-deps -e . \
  && useradd --uid "${AIRFLOW_UID}" --gid 0 --home-dir "${AIRFLOW_HOME}" --create-home \
       --shell /usr/sbin/nologin airflow \
