@@ -230,6 +230,57 @@ def test_state_messages_follow_their_notice_once(warehouse, cfg, client):
         None, None, "superseded", "reinstated"]
 
 
+def test_pages_on_postgresql_go_out_in_created_order_each_recorded_once(pg_factory, prefix, client):
+    """PostgreSQL's own paths: keyset pages on the created-order index, each page recorded by one
+    statement (unnest), transitions recorded by one UPDATE … FROM; a capped stream (MAXLEN ~)."""
+    url = pg_factory()
+    eng = engine(url)
+    ensure_schema(eng)
+    eng.dispose()
+    # created order is not id order: three runs, ids interleaved across them
+    ids = [_add_notices(url, 4, start=run * 100, created_at=f"2025-05-0{3 - run}T06:00:00+09:00") for run in range(3)]
+    in_created_order = ids[2] + ids[1] + ids[0]
+    _add_transition(url, ids[0][1], "withdrawn", "dose_recorded")
+    _add_transition(url, ids[2][3], "withdrawn", "opted_out")
+    capped = NoticeStreamConfig(redis_url=REDIS_URL, stream=f"{prefix}notices", maxlen=1000)
+
+    counts = relay_notices(url, capped, batch=5)  # pages of 5, 5, 2; then one page of 2 transitions
+    assert counts == {"stream": capped.stream, "published": 12, "pending": 0, "state_events_published": 2, "errors": 0}
+    docs = [(msg_id.decode(), json.loads(f[b"data"])) for msg_id, f in client.xrange(capped.stream)]
+    assert [d["notice_id"] for _, d in docs] == [*in_created_order, ids[0][1], ids[2][3]]
+    assert [d.get("state") for _, d in docs[12:]] == ["withdrawn", "withdrawn"]
+    recorded = dict((r[0], r[1]) for r in _table(url, outbox_published))
+    assert recorded == {d["notice_id"]: msg_id for msg_id, d in docs[:12]}
+    assert [(r[1], r[7]) for r in _table(url, notice_events)] == [(ids[0][1], docs[12][0]), (ids[2][3], docs[13][0])]
+    assert relay_notices(url, capped, batch=5)["published"] == 0
+
+
+def test_message_body_is_the_notice_dataclass_json(warehouse, cfg, client):
+    """The relay writes message bodies straight from the row; they are exactly what
+    ``Notice.to_json`` / ``NoticeState.to_json`` make of the same rows (escapes, non-ASCII text,
+    a missing dose, ``replaces``, facts in or out)."""
+    [a, b] = _add_notices(warehouse, 2)
+    eng = engine(warehouse)
+    with eng.begin() as conn:
+        conn.execute(notices.update().where(notices.c.notice_id == b).values(
+            replaces=a, dose_number=None, subject='EV"\\\n予約', facts=json.dumps({"z": [1, "あ"], "a": None})))
+    eng.dispose()
+    _add_transition(warehouse, a, "superseded", "rule_asks_other", b)
+    for include_facts in (False, True):
+        stream = f"{cfg.stream}:{include_facts}"
+        relay_notices(warehouse, NoticeStreamConfig(redis_url=cfg.redis_url, stream=stream, include_facts=include_facts))
+        eng = engine(warehouse)
+        with eng.begin() as conn:
+            rows = {r["notice_id"]: r for r in conn.execute(sa.select(notices)).mappings()}
+            [event] = conn.execute(sa.select(notice_events)).mappings().all()
+            expected = [Notice.from_row(rows[a], include_facts).to_json(), Notice.from_row(rows[b], include_facts).to_json(),
+                        NoticeState.from_row(event).to_json()]
+            conn.execute(outbox_published.delete())  # publish the same rows again to the next stream
+            conn.execute(notice_events.update().values(stream_id=None, published_at=None))
+        eng.dispose()
+        assert [f[b"data"].decode() for _, f in client.xrange(stream)] == expected
+
+
 def test_a_state_message_waits_for_its_notice_through_an_outage(warehouse, cfg, client):
     [nid] = _add_notices(warehouse, 1)
     _add_transition(warehouse, nid, "withdrawn", "opted_out")

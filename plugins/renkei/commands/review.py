@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="review_command", required=True)
 
     ls = sub.add_parser("list", help="list queue items (active ones; --all adds resolved ones)")
-    ls.add_argument("--state", choices=["pending", "approved", "rejected"])
+    ls.add_argument("--state", choices=["pending", "approved", "rejected", "resolved"])
     ls.add_argument("--all", action="store_true", help="include items the latest audit no longer finds")
     _where(ls)
     ls.set_defaults(func=_list)

@@ -13,31 +13,44 @@ or a warehouse error between the two leaves the batch unrecorded, and the next r
 again: consumers drop duplicates by ``notice_id`` (state messages by ``notice_id`` and ``seq``).
 While Redis is unreachable nothing of the failing batch is recorded; the relay stops, reports the
 outage in its counts, and the next run catches up from the outbox.
+
+Rate (issue #13: the relay must stay off the critical path): the outbox is read in keyset pages
+(after the last (created_at, notice_id) or seq of the run, on an index in that order) of
+``DEFAULT_BATCH`` rows, each page is one pipelined MULTI/XADD…/EXEC round trip, and its record
+one set-based statement. Messages are serialised straight from the row (the same JSON as
+``Notice.to_json``), without building a dataclass per notice.
 """
 
 from __future__ import annotations
 
+import json
+import json.encoder
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from renkei.outputs.notice import Notice, NoticeState
+from renkei import bulk
+from renkei.outputs.notice import STATE_TYPE, Notice, NoticeError, NoticeState
 from renkei.outputs.stream import NoticeStreamConfig, load_notice_stream
 from renkei.settings import redact_url
 from renkei.sources.values import format_timestamp
-from renkei.warehouse import engine, metadata, notice_events, notices, outbox_published, upsert
+from renkei.warehouse import dialect_insert, engine, metadata, notice_events, notices, outbox_published, upsert
 
 if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
 SKIPPED = "no broker configured"
+DEFAULT_BATCH = 5_000  # one MULTI/EXEC and one warehouse transaction per page
 
 
-def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = None, batch: int = 500) -> dict:
+def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = None,
+                  batch: int = DEFAULT_BATCH) -> dict:
     """Publish every unpublished outbox notice, then every unpublished state change of a
     published notice; return the counts.
 
@@ -56,13 +69,14 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     eng = engine(warehouse_url)
     # Creating missing tables writes no row: a relay that runs before the first notice is a no-op.
     metadata.create_all(eng, tables=[notices, outbox_published, notice_events])
+    created_order_index().create(eng, checkfirst=True)  # a warehouse made before the index existed
     client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
-        published, error = _drain(eng, client, cfg, _unpublished(), lambda r: Notice.from_row(r, cfg.include_facts),
+        published, error = _drain(eng, client, cfg, _unpublished, lambda r: _notice_json(r, cfg.include_facts),
                                   _record, batch)
         states = 0
         if error is None:  # a state message only ever follows its notice
-            states, error = _drain(eng, client, cfg, _unpublished_states(), NoticeState.from_row, _record_states, batch)
+            states, error = _drain(eng, client, cfg, _unpublished_states, _state_json, _record_states, batch)
         with eng.connect() as conn:
             pending = conn.execute(sa.select(sa.func.count()).select_from(_unpublished().subquery())).scalar_one()
     finally:
@@ -76,75 +90,225 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     return counts
 
 
-def _drain(eng: sa.Engine, client: "redis.Redis", cfg: NoticeStreamConfig, query: sa.Select,
-           message: Callable[[sa.RowMapping], Notice | NoticeState], record, batch: int) -> tuple[int, str | None]:
-    """Publish what ``query`` finds, batch by batch, recording each batch after it is published;
-    returns (messages published, the outage's description or None)."""
+def _drain(eng: sa.Engine, client: "redis.Redis", cfg: NoticeStreamConfig,
+           page: Callable[[sa.Row | None], sa.Select], message: Callable[[sa.Row], str], record,
+           batch: int) -> tuple[int, str | None]:
+    """Publish what ``page`` finds, page by page (``page(last row)``: the rows after it), recording
+    each page after it is published; returns (messages published, the outage's description or None).
+
+    Three stages overlap, one thread each: reading and serialising the next page, publishing this
+    one, recording the previous one. Pages are published and recorded in order, a page is recorded
+    only once Redis has answered for it, and a failure stops the run after the pages before it are
+    recorded: the same at-least-once bookkeeping as one page at a time.
+    """
     import redis  # noqa: PLC0415
 
-    published = 0
-    while True:
+    def read(after: sa.Row | None) -> tuple[list[sa.Row], list[str]]:
         with eng.connect() as conn:
-            rows = conn.execute(query.limit(batch)).mappings().all()
-        if not rows:
-            return published, None
-        messages = [message(r) for r in rows]
+            rows = conn.execute(page(after).limit(batch)).all()
+            if after is None and len(rows) == batch:
+                # Many pages ahead: plan them on real row counts (a fresh outbox has no statistics
+                # yet, and without them PostgreSQL sorts the whole outbox again for every page).
+                bulk.analyze(conn, [notices, outbox_published, notice_events])
+                conn.commit()
+        return rows, [message(r) for r in rows]
+
+    published, error, recording = 0, None, None
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay") as stages:
         try:
-            stream_ids = _publish(client, cfg, messages)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            error = (
-                f"notices stream {cfg.stream}: Redis unreachable at {redact_url(cfg.redis_url)} "
-                f"({exc.__class__.__name__}); nothing of this batch was recorded: start Redis (or fix "
-                "RENKEI_REDIS_URL) and the next relay run publishes every pending notice"
-            )
-            log.error("%s", error)
-            return published, error
-        record(eng, messages, stream_ids)
-        published += len(messages)
+            ahead = stages.submit(read, None)
+            while True:
+                rows, bodies = ahead.result()
+                if not rows:
+                    break
+                ahead = stages.submit(read, rows[-1])
+                try:
+                    stream_ids = _publish(client, cfg, bodies)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    error = (
+                        f"notices stream {cfg.stream}: Redis unreachable at {redact_url(cfg.redis_url)} "
+                        f"({exc.__class__.__name__}); nothing of this batch was recorded: start Redis (or fix "
+                        "RENKEI_REDIS_URL) and the next relay run publishes every pending notice"
+                    )
+                    log.error("%s", error)
+                    break
+                if recording is not None:
+                    done, recording = recording, None
+                    published += done.result()
+                recording = stages.submit(_recorded, record, eng, rows, stream_ids)
+        finally:
+            if recording is not None:  # the pages published before a stop or an error are recorded
+                published += recording.result()
+    return published, error
 
 
-def _unpublished() -> sa.Select:
-    return (
+def _recorded(record: Callable, eng: sa.Engine, rows: list[sa.Row], stream_ids: list[str]) -> int:
+    record(eng, rows, stream_ids)
+    return len(rows)
+
+
+def created_order_index() -> sa.Index:
+    """The outbox in created order (the relay's keyset pages); declared on ``notices``."""
+    return next(i for i in notices.indexes if i.name == "ix_notices_created_order")
+
+
+def _unpublished(after: sa.Row | None = None) -> sa.Select:
+    """Unpublished notices in created order (``after``: those after that row of the order)."""
+    n = notices.c
+    query = (
         sa.select(notices)
-        .outerjoin(outbox_published, outbox_published.c.notice_id == notices.c.notice_id)
-        .where(outbox_published.c.notice_id.is_(None))
-        .order_by(notices.c.created_at, notices.c.notice_id)
+        .where(~sa.exists().where(outbox_published.c.notice_id == n.notice_id))
+        .order_by(n.created_at, n.notice_id)
     )
+    if after is not None:
+        query = query.where(sa.tuple_(n.created_at, n.notice_id) > sa.tuple_(after.created_at, after.notice_id))
+    return query
 
 
-def _unpublished_states() -> sa.Select:
+def _unpublished_states(after: sa.Row | None = None) -> sa.Select:
+    """Unpublished transitions of published notices in ``seq`` order (``after``: past that row)."""
     e = notice_events.c
-    return (
+    query = (
         sa.select(e.seq, e.notice_id, e.state, e.reason, e.superseded_by, e.at, e.run_id)
         .join(outbox_published, outbox_published.c.notice_id == e.notice_id)
         .where(e.stream_id.is_(None))
         .order_by(e.seq)
     )
+    return query if after is None else query.where(e.seq > after.seq)
 
 
-def _publish(client: "redis.Redis", cfg: NoticeStreamConfig, batch: list[Notice | NoticeState]) -> list[str]:
-    pipe = client.pipeline(transaction=True)
-    for msg in batch:
-        if cfg.maxlen:
-            pipe.xadd(cfg.stream, {"data": msg.to_json()}, maxlen=cfg.maxlen, approximate=True)
-        else:
-            pipe.xadd(cfg.stream, {"data": msg.to_json()})
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+_quote = json.encoder.encode_basestring  # the string encoder of json.dumps(ensure_ascii=False)
 
 
-def _record(eng: sa.Engine, batch: list[Notice], stream_ids: list[str]) -> None:
+def _int(value: int | None) -> str:
+    return "null" if value is None else int.__repr__(value)
+
+
+def _notice_json(row: sa.Row, include_facts: bool) -> str:
+    """``Notice.from_row(row, include_facts).to_json()`` — compact, keys sorted — written straight
+    from the row (the relay's hot loop; tests/integration/test_relay.py holds the two equal)."""
+    q = _quote
+    facts = _facts_json(row) if include_facts else "{}"
+    replaces = "" if row.replaces is None else f',"replaces":{q(row.replaces)}'
+    return (
+        f'{{"created_at":{q(row.created_at)},"created_run_id":{q(row.created_run_id)},'
+        f'"dose_number":{_int(row.dose_number)},"erk":{q(row.erk)},"evaluated_on":"{row.evaluated_on.isoformat()}",'
+        f'"facts":{facts},"kind":{q(row.kind)},"notice_id":{q(row.notice_id)}{replaces},'
+        f'"rule_id":{q(row.rule_id)},"rule_version":{_int(row.rule_version)},"service":{q(row.service)},'
+        f'"subject":{q(row.subject)},"window_end":"{row.window_end.isoformat()}",'
+        f'"window_start":"{row.window_start.isoformat()}"}}'
+    )
+
+
+def _facts_json(row: sa.Row) -> str:
+    try:
+        facts = json.loads(row.facts)
+    except ValueError:
+        raise NoticeError(
+            f"notice {row.notice_id}: column facts is not JSON: rewrite the row with renkei.outputs.outbox"
+        ) from None
+    return json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _state_json(row: sa.Row) -> str:
+    """``NoticeState.from_row(row).to_json()``, written straight from the row."""
+    q = _quote
+    superseded_by = "null" if row.superseded_by is None else q(row.superseded_by)
+    return (
+        f'{{"at":{q(row.at)},"notice_id":{q(row.notice_id)},"reason":{q(row.reason)},"run_id":{q(row.run_id)},'
+        f'"seq":{_int(row.seq)},"state":{q(row.state)},"superseded_by":{superseded_by},"type":{q(STATE_TYPE)}}}'
+    )
+
+
+# The templates above name every message field, keys sorted: a field added to Notice or
+# NoticeState must be added there too (checked on import; test_relay compares the bodies).
+if [f.name for f in fields(Notice) if f.name != "message_id"] != [
+    "notice_id", "service", "kind", "erk", "rule_id", "rule_version", "subject", "dose_number", "window_start",
+    "window_end", "evaluated_on", "facts", "created_run_id", "created_at", "replaces",
+] or [f.name for f in fields(NoticeState) if f.name != "message_id"] != [
+    "seq", "notice_id", "state", "reason", "superseded_by", "at", "run_id",
+]:
+    raise ImportError("renkei.outputs.relay: the message fields changed: update _notice_json and _state_json")
+
+
+def _publish(client: "redis.Redis", cfg: NoticeStreamConfig, batch: list[str]) -> list[str]:
+    """XADD each message body in one MULTI/EXEC, sent as one pipelined write; returns the entry
+    ids in order.
+
+    What redis-py's transaction pipeline does, without its per-command bookkeeping (this is the
+    relay's hot path): MULTI, the XADDs, EXEC in one write, then every reply read off the
+    connection. Any error discards the connection (replies may be left unread on it) and is raised.
+    """
+    import redis  # noqa: PLC0415
+
+    # XADD <stream> [MAXLEN ~ n] * data <body>, as redis-py's xadd() builds it.
+    head = ("XADD", cfg.stream, *(("MAXLEN", "~", cfg.maxlen) if cfg.maxlen else ()), "*", "data")
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands([("MULTI",), *((*head, body) for body in batch), ("EXEC",)]))
+        queued = [_reply(conn) for _ in range(len(batch) + 1)]  # OK for MULTI, QUEUED for each XADD
+        refused = next((r for r in queued if isinstance(r, redis.ResponseError)), None)
+        ids = _reply(conn)  # EXEC: the entry ids (EXECABORT when a command was refused)
+        if refused is not None:
+            raise refused
+        if isinstance(ids, Exception):
+            raise ids
+        failed = next((i for i in ids if isinstance(i, Exception)), None) if isinstance(ids, list) else None
+        if failed is not None or not isinstance(ids, list) or len(ids) != len(batch):
+            raise failed or redis.ResponseError(f"notices stream {cfg.stream}: EXEC answered {ids!r:.80}")
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+def _reply(conn: "redis.connection.Connection") -> object:
+    """The next reply on ``conn``; a command's error reply as the exception, not raised."""
+    import redis  # noqa: PLC0415
+
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+def _unnest(**columns: tuple[list, sa.types.TypeEngine]) -> sa.TableValuedAlias:
+    """PostgreSQL: the given arrays side by side as a table (one array parameter per column):
+    a page is recorded by one statement instead of one row at a time."""
+    from sqlalchemy.dialects.postgresql import ARRAY  # noqa: PLC0415
+
+    args = [sa.bindparam(f"u_{name}", values, type_=ARRAY(typ)) for name, (values, typ) in columns.items()]
+    return sa.func.unnest(*args).table_valued(*columns).render_derived(name="page", with_types=False)
+
+
+def _record(eng: sa.Engine, rows: list[sa.Row], stream_ids: list[str]) -> None:
     now = format_timestamp(datetime.now(timezone.utc))
-    rows = [{"notice_id": n.notice_id, "stream_id": sid, "published_at": now} for n, sid in zip(batch, stream_ids)]
     with eng.begin() as conn:
         # DO NOTHING: a concurrent relay that published the same notice keeps its first record.
-        upsert(conn, outbox_published, rows, update=False)
+        if conn.dialect.name == "postgresql":
+            page = _unnest(notice_id=([r.notice_id for r in rows], sa.String()), stream_id=(stream_ids, sa.String()))
+            stmt = dialect_insert(conn)(outbox_published).from_select(
+                ["notice_id", "stream_id", "published_at"],
+                sa.select(page.c.notice_id, page.c.stream_id, sa.literal(now, outbox_published.c.published_at.type)))
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["notice_id"]))
+        else:
+            upsert(conn, outbox_published, [{"notice_id": r.notice_id, "stream_id": sid, "published_at": now}
+                                            for r, sid in zip(rows, stream_ids)], update=False)
 
 
-def _record_states(eng: sa.Engine, batch: list[NoticeState], stream_ids: list[str]) -> None:
+def _record_states(eng: sa.Engine, rows: list[sa.Row], stream_ids: list[str]) -> None:
     now = format_timestamp(datetime.now(timezone.utc))
     e = notice_events.c
-    # stream_id IS NULL: a concurrent relay that published the same event keeps its first record.
-    stmt = (notice_events.update().where(e.seq == sa.bindparam("b_seq"), e.stream_id.is_(None))
-            .values(stream_id=sa.bindparam("b_sid"), published_at=now))
     with eng.begin() as conn:
-        conn.execute(stmt, [{"b_seq": m.seq, "b_sid": sid} for m, sid in zip(batch, stream_ids)])
+        # stream_id IS NULL: a concurrent relay that published the same event keeps its first record.
+        if conn.dialect.name == "postgresql":
+            page = _unnest(seq=([r.seq for r in rows], sa.Integer()), stream_id=(stream_ids, sa.String()))
+            conn.execute(notice_events.update().where(e.seq == page.c.seq, e.stream_id.is_(None))
+                         .values(stream_id=page.c.stream_id, published_at=now))
+        else:
+            stmt = (notice_events.update().where(e.seq == sa.bindparam("b_seq"), e.stream_id.is_(None))
+                    .values(stream_id=sa.bindparam("b_sid"), published_at=now))
+            conn.execute(stmt, [{"b_seq": r.seq, "b_sid": sid} for r, sid in zip(rows, stream_ids)])
