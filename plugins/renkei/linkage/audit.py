@@ -99,11 +99,12 @@ def _item_id_sqlite(element, compiler, **kw):  # noqa: ANN001
 
 
 def has_loaded(conn: sa.Connection, source: str) -> bool:
-    """Whether ``source`` has loaded: an ingest run of it reached ``loaded`` (or, in a warehouse
-    filled without ingest, its staging holds rows). Before that, its absence says nothing: a new
-    city's or a restored warehouse's sources arrive in whatever order their departments finish."""
+    """Whether ``source`` has loaded: an ingest run of it loaded rows (or, in a warehouse filled
+    without ingest, its staging holds rows). Before that, its absence says nothing: a new city's
+    or a restored warehouse's sources arrive in whatever order their departments finish. A run
+    that loaded nothing does not count: a sweep before the department's first export is one."""
     r = ingest_runs.c
-    if conn.execute(sa.select(r.run_id).where(r.source == source, r.state == "loaded").limit(1)).first():
+    if conn.execute(sa.select(r.run_id).where(r.source == source, r.state == "loaded", r.loaded > 0).limit(1)).first():
         return True
     st = staging_table(load_sources()[source])
     return conn.execute(sa.select(st.c.row_hash).limit(1)).first() is not None
@@ -120,11 +121,17 @@ def first_loads(conn: sa.Connection, runs: list[tuple[str, str, str]]) -> set[st
     audited against every department record (a record whose ERK the registry does not hold is
     in no run of the registry), and a department's first load is evaluated for every resident
     by the services (renkei.outputs.outbox waits for it)."""
-    c = link_consumed.c
-    arriving = {source for _, source, _ in runs}
+    c, r = link_consumed.c, ingest_runs.c
+    if not runs:
+        return set()
+    # Only runs that loaded rows: a sweep before a department's first export loads nothing.
+    arriving = set(conn.execute(sa.select(r.source).where(
+        sa.tuple_(r.run_id, r.source).in_(sorted({(run, source) for run, source, _ in runs})), r.loaded > 0)).scalars())
     if not arriving:
         return set()
-    seen = set(conn.execute(sa.select(c.source).where(c.source.in_(sorted(arriving))).distinct()).scalars())
+    seen = set(conn.execute(
+        sa.select(c.source).join(ingest_runs, (r.run_id == c.run_id) & (r.source == c.source))
+        .where(c.source.in_(sorted(arriving)), r.loaded > 0).distinct()).scalars())
     return arriving - seen
 
 

@@ -31,6 +31,7 @@ from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
     engine,
     ensure_schema,
+    ingest_runs,
     MART_TABLES,
     link_builds,
     link_consumed,
@@ -197,13 +198,16 @@ def lock_for_read(conn: sa.Connection) -> None:
 def mart_lost(conn: sa.Connection) -> bool:
     """The mart is empty while the registry's staging holds residents that a build has already
     linked: a server crash emptied its unlogged tables (or someone truncated them) since. A
-    registry loaded after the last build (a new city's sources arrive in any order) is not a
-    loss: the next build links it."""
+    registry loaded after the last build (a new city's sources arrive in any order), or only
+    empty registry runs linked so far (sweeps before its first export), is not a loss: the
+    next build links it."""
     reg = staging_table(load_sources()["registry"])
     empty = conn.execute(sa.select(mart_residents.c.erk).limit(1)).first() is None
     if not empty:
         return False
-    linked = conn.execute(sa.select(link_consumed.c.build_seq).where(link_consumed.c.source == "registry").limit(1))
+    c, r = link_consumed.c, ingest_runs.c
+    linked = conn.execute(sa.select(c.build_seq).join(ingest_runs, (r.run_id == c.run_id) & (r.source == c.source))
+                          .where(c.source == "registry", r.loaded > 0).limit(1))
     return (linked.first() is not None
             and conn.execute(sa.select(reg.c.erk).where(reg.c.erk.is_not(None)).limit(1)).first() is not None)
 
