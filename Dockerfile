@@ -33,16 +33,10 @@ RUN apt-get update \
 
 WORKDIR /opt/renkei
 
-# The lock is a complete freeze: --no-deps installs exactly its pins and nothing else, and
-# `pip check` fails the build if they are inconsistent. The Celery executor's packages are pinned
-# on the second line until requirements.lock carries them (same versions; see docs/OPERATIONS.md).
+# The lock is a complete freeze (the Celery executor's packages included): --no-deps installs
+# exactly its pins and nothing else, and `pip check` fails the build if they are inconsistent.
 COPY requirements.lock ./
 RUN pip install --no-deps -r requirements.lock \
- && pip install --no-deps \
-      apache-airflow-providers-celery==3.26.0 celery==5.6.3 kombu==5.7.0 billiard==4.3.2 \
-      vine==5.1.0 amqp==5.4.2 click-didyoumean==0.3.1 click-plugins==1.1.1.2 click-repl==0.4.1 \
-      prompt-toolkit==3.0.53 wcwidth==0.9.4 flower==2.2.0 tornado==6.6.1 humanize==4.17.0 \
-      prometheus-client==0.26.0 pytz==2026.6 \
  && pip check
 
 # The application: the renkei package (editable, as in `make venv`, so the plugins folder and

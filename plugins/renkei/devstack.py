@@ -3,7 +3,9 @@
 `DevStack.launch()` prepares a synthetic city (raw tables, keyring, first extracts — or copies a
 city prepared once by :func:`prepare_city`), a config copy whose Redis keys carry a unique tag,
 the Airflow metadata and warehouse databases it is given, and starts the scheduler,
-dag-processor, triggerer and api-server as separate processes (LocalExecutor). Its methods act
+dag-processor, triggerer and api-server as separate processes — with the LocalExecutor, or with
+the CeleryExecutor and its workers configured as docker-compose.yaml configures them (Redis
+broker, result backend on the metadata database, queues ``default`` and ``delivery``). Its methods act
 as a department would (register a birth, record a dose, an opt-out, delete a record; run the
 export adapter and publish the change event), each stamping ``updated_at`` with the real JST
 time, and observe the outputs (outbox, notice lifecycle, notices stream).
@@ -29,7 +31,14 @@ import sqlalchemy as sa
 from renkei.settings import REPO_ROOT
 
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+EXECUTORS = ("LocalExecutor", "CeleryExecutor")
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# docker-compose.yaml's Celery settings: the worker concurrency (RENKEI_WORKER_CONCURRENCY's
+# default), the delivery worker's queue and concurrency, and the broker's visibility timeout.
+WORKER_CONCURRENCY = 2
+DELIVERY_QUEUE = "delivery"
+DELIVERY_CONCURRENCY = 1
+VISIBILITY_TIMEOUT_S = 43200
 CITY_FILE = "city.json"  # what prepare_city made: residents, seed, as_of, seconds per step
 
 
@@ -38,6 +47,11 @@ CITY_FILE = "city.json"  # what prepare_city made: residents, seed, as_of, secon
 # asset event to the DAG run it triggers, waited up to a second: eight hand-overs lie between a
 # change and its notice. 0.2 s costs the idle scheduler a few more metadata queries a second.
 LATENCY_SETTINGS = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2"}
+
+# A task's calls to the Execution API wait 5 s by default: on a loaded 2-core machine (CI, or
+# tests beside a benchmark) the api-server answered later and the task failed (ReadTimeout).
+LOADED_MACHINE_SETTINGS = {"AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30"}
+API_START_BOUND_S = 180
 
 
 def tokyo_today() -> date:
@@ -70,6 +84,50 @@ def components_env(port: int) -> dict[str, str]:
         "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
     }
+
+
+def celery_env(tag: str, airflow_db: str) -> dict[str, str]:
+    """The CeleryExecutor's settings for every component of the stack tagged ``tag``: the Redis
+    broker with every key (and pub/sub channel) under ``renkei-dev-<tag>:celery:`` — stacks
+    running side by side share one Redis, and :meth:`DevStack.shutdown` deletes the tag's keys —,
+    the result backend on the stack's metadata database (``db+postgresql://``, as compose), the
+    delivery tasks on their own queue."""
+    meta = sa.make_url(airflow_db).set(drivername="postgresql")
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"renkei-dev-{tag}:celery:",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta.render_as_string(hide_password=False),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "RENKEI_DELIVERY_QUEUE": DELIVERY_QUEUE,
+    }
+
+
+# What a Celery worker does without (docker-compose.yaml gives the workers no metadata login,
+# Fernet key or JWT secret: an Airflow 3 worker reaches the metadata through the Execution API).
+WORKER_WITHOUT = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET")
+
+
+def celery_worker_commands(tag: str, default_workers: int) -> dict[str, list[str]]:
+    """Component name → command line of each worker: ``default_workers`` on queue ``default``
+    (concurrency from AIRFLOW__CELERY__WORKER_CONCURRENCY) and one on the delivery queue
+    (concurrency 1), as compose's airflow-worker and airflow-worker-delivery. The hostnames are
+    unique (``default-1@renkei-dev-<tag>``): on one machine Celery's default, ``celery@<host>``,
+    would be the same for all of them."""
+    workers = {f"worker-default-{i}": ["airflow", "celery", "worker", "--queues", "default",
+                                       "--celery-hostname", f"default-{i}@renkei-dev-{tag}"]
+               for i in range(1, default_workers + 1)}
+    workers["worker-delivery"] = ["airflow", "celery", "worker", "--queues", DELIVERY_QUEUE,
+                                  "--concurrency", str(DELIVERY_CONCURRENCY),
+                                  "--celery-hostname", f"delivery-1@renkei-dev-{tag}"]
+    return workers
+
+
+def celery_ping_command(hostname: str) -> list[str]:
+    """docker-compose.yaml's worker health check: the worker ``hostname`` answers a ping on the broker."""
+    return ["celery", "--app", "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping",
+            "-d", hostname]
 
 
 def _quiet(_line: str) -> None:
@@ -128,9 +186,19 @@ def prepare_city(city: Path, residents: int, seed: int = 5, say: Callable[[str],
 class DevStack:
     """The running system and the department-side actions on it."""
 
-    def __init__(self, base: Path, env: dict, cfg_dir: Path, raw: Path, ring, warehouse: str, extracts: str, tag: str):
+    def __init__(self, base: Path, env: dict, cfg_dir: Path, raw: Path, ring, warehouse: str, extracts: str, tag: str,
+                 workers: dict[str, list[str]] | None = None):
         self.base, self.env, self.cfg_dir, self.raw, self.ring = base, env, cfg_dir, raw, ring
         self.warehouse, self.extracts, self.tag = warehouse, extracts, tag
+        self.executor = env["AIRFLOW__CORE__EXECUTOR"]
+        # Component name → command line: the four Airflow components, then the Celery workers.
+        self.commands: dict[str, list[str]] = {
+            name: ["airflow", name] + (["--port", env["AIRFLOW__API__PORT"]] if name == "api-server" else [])
+            for name in COMPONENTS}
+        self.commands.update(workers or {})
+        # Each worker serves its task logs on a port of its own (one machine: the default 8793 once).
+        self.component_env: dict[str, dict[str, str]] = {
+            name: {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())} for name in (workers or {})}
         self.procs: dict[str, subprocess.Popen] = {}
         self._births = 0
         self._eng: sa.Engine | None = None
@@ -140,8 +208,11 @@ class DevStack:
     @classmethod
     def launch(cls, base: Path, warehouse: str, airflow_db: str, residents: int = 300, seed: int = 5,
                sweep_cron: str = "0 3 * * *", city: Path | None = None, env: dict[str, str] | None = None,
-               delivery: dict | None = None, say: Callable[[str], None] = _quiet) -> "DevStack":
-        """Prepare everything under ``base`` and start the four Airflow components.
+               delivery: dict | None = None, executor: str = "LocalExecutor", celery_workers: int = 2,
+               say: Callable[[str], None] = _quiet) -> "DevStack":
+        """Prepare everything under ``base`` and start the four Airflow components (and, with
+        ``executor="CeleryExecutor"``, ``celery_workers`` workers on queue ``default`` and one on
+        queue ``delivery``: :func:`celery_env`, :func:`celery_worker_commands`).
 
         The sweep runs daily at 03:00 by default here, so that what reaches the outbox was
         carried by change events, not picked up by a sweep. ``city``: a directory made by
@@ -159,6 +230,10 @@ class DevStack:
         from renkei.runner import airflow_env
         from renkei.warehouse import engine, ensure_schema
 
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor {executor!r}: DevStack runs {' or '.join(EXECUTORS)}")
+        if executor == "CeleryExecutor" and celery_workers < 1:
+            raise ValueError(f"celery_workers={celery_workers}: the default queue needs at least one worker")
         base = Path(base)
         tag = uuid.uuid4().hex[:8]
         cfg_dir = base / "config"
@@ -199,26 +274,78 @@ class DevStack:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             **LATENCY_SETTINGS,
+            **LOADED_MACHINE_SETTINGS,
             **components_env(port),
             "RENKEI_CONFIG_DIR": str(cfg_dir),
             "RENKEI_CHANNEL_KIND": "redis_stream",
             "RENKEI_RAW_DIR": str(raw),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            **(celery_env(tag, airflow_db) if executor == "CeleryExecutor" else {}),
             **(env or {}),
         })
         t = time.monotonic()
         subprocess.run(["airflow", "db", "migrate"], env=run_env, check=True, capture_output=True)
         say(f"airflow db migrate: {time.monotonic() - t:.1f}s")
-        stack = cls(base, run_env, cfg_dir, raw, ring, warehouse, extracts, tag)
-        for name in COMPONENTS:
-            stack.start(name)
+        workers = celery_worker_commands(tag, celery_workers) if executor == "CeleryExecutor" else None
+        stack = cls(base, run_env, cfg_dir, raw, ring, warehouse, extracts, tag, workers)
+        # The api-server first: a task the scheduler started before it listened failed on its first
+        # Execution API call (connection refused) — the startup runs of the hourly DAGs did.
+        t = time.monotonic()
+        stack.start("api-server")
+        try:
+            stack.wait_for("the api-server to answer", stack.api_answers, API_START_BOUND_S, poll=0.5)
+        except BaseException:
+            stack.shutdown()
+            raise
+        say(f"api-server up: {time.monotonic() - t:.1f}s")
+        for name in stack.commands:
+            if name not in stack.procs:
+                stack.start(name)
         return stack
 
     # -- processes ----------------------------------------------------------------------
     def start(self, name: str) -> None:
+        """Start component ``name`` (one of :attr:`commands`); its output goes to ``<base>/<name>.log``."""
         log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        args = ["airflow", name] + (["--port", self.env["AIRFLOW__API__PORT"]] if name == "api-server" else [])
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(self.commands[name], env=self.environment(name), stdout=log,
+                                            stderr=subprocess.STDOUT)
+
+    def environment(self, name: str) -> dict[str, str]:
+        """The environment component ``name`` runs with (a worker's lacks :data:`WORKER_WITHOUT`)."""
+        env = {**self.env, **self.component_env.get(name, {})}
+        if name in self.component_env:
+            for key in WORKER_WITHOUT:
+                env.pop(key, None)
+        return env
+
+    def celery_hostname(self, name: str) -> str:
+        """The Celery hostname of worker ``name`` (``default-1@renkei-dev-<tag>``)."""
+        args = self.commands[name]
+        return args[args.index("--celery-hostname") + 1]
+
+    def ping_worker(self, name: str) -> bool:
+        """docker-compose.yaml's health check (:func:`celery_ping_command`), run for worker ``name``."""
+        done = subprocess.run(celery_ping_command(self.celery_hostname(name)), env=self.environment(name),
+                              capture_output=True, timeout=120)
+        return done.returncode == 0
+
+    def api_answers(self) -> bool:
+        """The api-server answers ``/api/v2/version`` (compose's health check)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.env['AIRFLOW__API__PORT']}/api/v2/version",
+                                        timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def pids(self) -> dict[str, list[int]]:
+        """Component name → the pids of its process and every descendant (task processes, Celery's
+        pool, log servers), for the components running now."""
+        from renkei.local_airflow import descendants
+
+        return {name: [p.pid, *descendants(p.pid)] for name, p in self.procs.items() if p.poll() is None}
 
     def stop(self, name: str) -> None:
         from renkei.local_airflow import stop_tree
@@ -229,11 +356,14 @@ class DevStack:
             proc.wait()
 
     def shutdown(self) -> None:
-        """Stop every component and delete this stack's Redis keys."""
+        """Stop every component and delete this stack's Redis keys (the Celery broker's too)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         import redis
 
-        for name in list(self.procs):
-            self.stop(name)
+        if self.procs:  # all at once: a Celery worker's warm shutdown can take stop()'s whole timeout
+            with ThreadPoolExecutor(len(self.procs)) as pool:
+                list(pool.map(self.stop, list(self.procs)))
         for eng in (self._eng, self._airflow_eng):
             if eng is not None:
                 eng.dispose()
@@ -486,6 +616,31 @@ class DevStack:
         with self._airflow().connect() as conn:
             return conn.execute(sa.text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r"),
                                 {"d": dag_id, "r": run_id}).scalar()
+
+    def dag_runs(self, dag_id: str) -> list[tuple[str, str]]:
+        """(run_id, state) of every run of ``dag_id``, oldest first."""
+        with self._airflow().connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text("SELECT run_id, state FROM dag_run WHERE dag_id = :d "
+                                                           "ORDER BY id"), {"d": dag_id})]
+
+    def task_instances(self, dag_id: str, run_id: str | None = None) -> list[dict]:
+        """The DAG's task instances (of run ``run_id``, else of every run): ``id``, ``run_id``,
+        ``task_id``, ``state``, ``queue``, ``hostname``, ``try_number`` and ``external_executor_id``
+        (the Celery task id, which the worker's log shows; None under the LocalExecutor)."""
+        cols = "id, run_id, task_id, state, queue, hostname, try_number, external_executor_id"
+        with self._airflow().connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT {cols} FROM task_instance WHERE dag_id = :d"
+                                        + (" AND run_id = :r" if run_id is not None else "")
+                                        + " ORDER BY run_id, task_id"), {"d": dag_id, "r": run_id})
+            return [dict(r._mapping) for r in rows]
+
+    def worker_task_ids(self, name: str) -> set[str]:
+        """The Celery task ids worker ``name`` received (its log: ``Task execute_workload[<id>] received``)."""
+        import re
+
+        path = self.base / f"{name}.log"
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        return set(re.findall(r"Task execute_workload\[([0-9a-f-]+)\] received", text))
 
     def trigger(self, dag_id: str) -> str:
         """Trigger a manual run of ``dag_id`` (`airflow dags trigger`); returns its run id."""

@@ -231,6 +231,53 @@ def test_workers_scale_and_take_their_concurrency_from_the_environment():
     assert w.get("stop_grace_period"), "workers need time for a warm shutdown"
 
 
+# -- the Celery settings tests/e2e/test_celery.py proved (renkei.devstack) -------------------
+
+def _default(value: str) -> str:
+    """A ``${VAR:-default}`` reference's default; a literal as it is."""
+    ref = VAR_REF.match(value)
+    return ref["arg"] if ref and ref["op"] == "-" else value
+
+
+@pytest.mark.parametrize("name", CELERY_USERS)
+def test_celery_settings_are_those_the_e2e_test_ran(name):
+    from renkei.devstack import celery_env
+
+    ran = celery_env("t", "postgresql+psycopg://airflow@postgres:5432/airflow")
+    e = env(name)
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY", "RENKEI_DELIVERY_QUEUE"):
+        assert _default(e[key]) == ran[key], key
+    # the key prefix: the test gives each stack its own (renkei-dev-<tag>:celery:), compose one
+    prefix = "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"
+    assert ran[prefix] == "renkei-dev-t:celery:" and e[prefix] == "renkei:celery:"
+    for key in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"):
+        assert (url(e[key])["scheme"], url(e[key])["db"]) == (url(ran[key])["scheme"], url(ran[key])["db"]), key
+    assert set(ran) - {prefix} <= set(e), f"{name} lacks {sorted(set(ran) - {prefix} - set(e))}"
+
+
+def test_worker_command_lines_are_those_the_e2e_test_ran():
+    from renkei.devstack import WORKER_WITHOUT, celery_worker_commands
+
+    def without_hostname(args: list[str]) -> list[str]:  # one machine in the test: named workers
+        i = args.index("--celery-hostname")
+        return args[:i] + args[i + 2:]
+
+    ran = celery_worker_commands("t", 1)
+    assert SERVICES["airflow-worker"]["command"] == without_hostname(ran["worker-default-1"])
+    assert SERVICES["airflow-worker-delivery"]["command"] == without_hostname(ran["worker-delivery"])
+    for name in ("airflow-worker", "airflow-worker-delivery"):  # the test's workers ran without them too
+        assert not set(WORKER_WITHOUT) & set(env(name)), name
+
+
+def test_worker_health_check_is_the_ping_the_e2e_test_ran():
+    from renkei.devstack import celery_ping_command
+
+    test = SERVICES["airflow-worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and shlex.split(test[1]) == celery_ping_command("celery@$${HOSTNAME}")
+    assert SERVICES["airflow-worker-delivery"]["healthcheck"]["test"] == test
+
+
 # -- volumes, secrets, the keyring -----------------------------------------------------------
 
 def test_named_volumes_are_declared_and_used():
@@ -358,16 +405,27 @@ def test_configured_paths_exist_in_the_image():
 
 # -- the Dockerfile --------------------------------------------------------------------------
 
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def test_dockerfile_installs_the_lock_the_celery_provider_and_renkei_as_non_root():
     ops = dockerfile_instructions()
-    base = next(arg for op, arg in ops if op == "FROM")
+    stages = [arg for op, arg in ops if op == "FROM"]
+    base = stages[-1]  # the runtime image; earlier stages only build assets
+    assets = next((a for a in stages[:-1] if a.split()[-1] == "offline-assets"), None)
+    assert assets and any(op == "COPY" and "--from=offline-assets" in arg and "tools/offline-assets/node_modules" in arg
+                          for op, arg in ops), "the Data Docs' npm assets (bootstrap-table) must be in the image"
     assert re.match(r"(python:3\.11[.\w-]*|apache/airflow:3\.3\.2-python3\.11)$", base.split()[0]), base
     runs = " ".join(arg for op, arg in ops if op == "RUN")
     assert re.search(r"pip install[^&]*-r requirements\.lock", runs) and "pip check" in runs
     assert re.search(r"pip install[^&]*(-e \.|\s\.)(\s|$)", runs), "the renkei package must be installed"
     lock = (REPO_ROOT / "requirements.lock").read_text(encoding="utf-8")
-    pins = re.findall(r"apache-airflow-providers-celery==([\w.]+)", runs + "\n" + lock)
-    assert pins and len(set(pins)) == 1, f"pin the Celery provider once, in the lock or the Dockerfile: {pins}"
+    assert re.search(r"^apache-airflow-providers-celery==[\w.]+$", lock, re.M), "the lock pins the Celery provider"
+    locked = {_norm(n): v for n, v in re.findall(r"^([\w.-]+)==(\S+)$", lock, re.M)}
+    extra = {_norm(n): v for n, v in re.findall(r"\s([A-Za-z][\w.-]*)==([\w.]+)", runs)}
+    assert all(locked.get(n) == v for n, v in extra.items()), \
+        f"the Dockerfile pins other versions than the lock: {[(n, v, locked.get(n)) for n, v in extra.items() if locked.get(n) != v]}"
     assert "apache-airflow==3.3.2" in lock
     sources = {shlex.split(arg)[0].rstrip("/") for op, arg in ops if op == "COPY"}
     assert {"requirements.lock", "plugins", "dags", "config", "expectations"} <= sources
