@@ -244,6 +244,10 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
     this_run = land.c.run_id == run_id
     suite = suite_fingerprint(source.name, settings.expectations_dir)
     with wh.begin() as conn:
+        # Extract filled landing with COPY; without statistics PostgreSQL plans the batch-wide
+        # duplicate check (and load's latest-change anti-join) as a nested loop over the batch:
+        # 13 minutes for 121k rows at 1M residents through Airflow. ANALYZE samples, in ~0.1 s.
+        analyze(conn, [land])
         landed = conn.execute(sa.select(sa.func.count()).where(this_run)).scalar_one()
         _check_landed(conn, source, run_id, landed)
         checked = conn.execute(sa.select(landing_checks).where(
