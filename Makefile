@@ -23,8 +23,11 @@ OFFLINE_ASSETS := tools/offline-assets
 
 $(STAMP): requirements.lock pyproject.toml $(OFFLINE_ASSETS)/package-lock.json
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	@# The lock is a complete freeze: install exactly its pins, then check them. (Resolving it
+	@# again makes pip chase kombu's redis extra, which pins another packaging, back to kombu 3.)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	$(BIN)/pip check
 	@command -v npm >/dev/null || { echo "make venv: npm (Node.js) is needed for $(OFFLINE_ASSETS): apt-get install npm" >&2; exit 1; }
 	npm ci --prefix $(OFFLINE_ASSETS) --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
