@@ -99,12 +99,13 @@ def _item_id_sqlite(element, compiler, **kw):  # noqa: ANN001
 
 
 def has_loaded(conn: sa.Connection, source: str) -> bool:
-    """Whether ``source`` has loaded: an ingest run of it loaded rows (or, in a warehouse filled
-    without ingest, its staging holds rows). Before that, its absence says nothing: a new city's
-    or a restored warehouse's sources arrive in whatever order their departments finish. A run
-    that loaded nothing does not count: a sweep before the department's first export is one."""
+    """Whether ``source`` has loaded: an ingest run of it reached ``loaded`` (or, in a warehouse
+    filled without ingest, its staging holds rows). Before that, its absence says nothing: a new
+    city's or a restored warehouse's sources arrive in whatever order their departments finish.
+    An empty run counts (a source may hold no records: check-ups are due by age alone), so a
+    sweep before a department's first export counts too (see first_loads, which does not)."""
     r = ingest_runs.c
-    if conn.execute(sa.select(r.run_id).where(r.source == source, r.state == "loaded", r.loaded > 0).limit(1)).first():
+    if conn.execute(sa.select(r.run_id).where(r.source == source, r.state == "loaded").limit(1)).first():
         return True
     st = staging_table(load_sources()[source])
     return conn.execute(sa.select(st.c.row_hash).limit(1)).first() is not None
