@@ -100,31 +100,112 @@ def _pids_named(*names: str) -> list[int]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 class SystemMemory:
-    """Peak of the summed PSS of the Airflow components (with every child), PostgreSQL and Redis."""
+    """Peak of the summed PSS of the Airflow components (with every child), PostgreSQL and Redis;
+    and the CPU seconds each part of the system used while it was watched (sampled each second
+    per process: a process that lives less than a second between two samples is missed)."""
 
     def __init__(self, stack) -> None:  # noqa: ANN001 - DevStack
         self.stack = stack
         self.peak: dict[str, int] = {"total_mb": 0}
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._kind: dict[int, str] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _classify(self, pid: int, roots: dict[int, str]) -> str:
+        title = _title(pid)
+        if title.startswith("airflow worker -- "):  # a task process: its task instance's id
+            return "ti:" + title.split("-- ", 1)[1].split()[0]
+        if "supervisor" in title:
+            return "task supervisors"
+        return roots.get(pid, "executor workers")
 
     def sample(self) -> None:
         from renkei.local_airflow import descendants
 
         airflow = set()
-        for proc in list(self.stack.procs.values()):
+        roots: dict[int, str] = {}
+        for name, proc in list(self.stack.procs.items()):
             airflow.add(proc.pid)
-            airflow.update(descendants(proc.pid))
+            roots[proc.pid] = name
+            for child in descendants(proc.pid):
+                airflow.add(child)
+                roots.setdefault(child, name if name != "scheduler" else "executor workers")
+        postgres, redis = _pids_named("postgres"), _pids_named("redis-server")
         parts = {
             "airflow_mb": sum(_pss_kb(p) for p in airflow) // 1024,
-            "postgres_mb": sum(_pss_kb(p) for p in _pids_named("postgres")) // 1024,
-            "redis_mb": sum(_pss_kb(p) for p in _pids_named("redis-server")) // 1024,
+            "postgres_mb": sum(_pss_kb(p) for p in postgres) // 1024,
+            "redis_mb": sum(_pss_kb(p) for p in redis) // 1024,
         }
         parts["total_mb"] = sum(parts.values())
         parts["airflow_processes"] = len(airflow)
         if parts["total_mb"] > self.peak["total_mb"]:
             self.peak = parts
+        for group, pids in (("airflow", airflow), ("postgres", postgres), ("redis", redis)):
+            for pid in pids:
+                used = _cpu_s(pid)
+                if used is None:
+                    continue
+                if pid not in self._first:
+                    # a process first seen after the watch began is counted from its start
+                    self._first[pid] = used if not self._started else 0.0
+                    self._kind[pid] = self._classify(pid, roots) if group == "airflow" else group
+                elif not self._kind[pid].startswith("ti:") and group == "airflow":
+                    self._kind[pid] = self._classify(pid, roots)  # a forked process retitles itself
+                self._last[pid] = used
+
+    def cpu(self, airflow_url: str | None = None) -> dict:
+        """CPU seconds by part: components, task processes by DAG, PostgreSQL, Redis."""
+        by_kind: dict[str, float] = {}
+        for pid, first in self._first.items():
+            kind = self._kind[pid]
+            by_kind[kind] = by_kind.get(kind, 0.0) + self._last.get(pid, first) - first
+        tasks = {k[3:]: v for k, v in by_kind.items() if k.startswith("ti:")}
+        names: dict[str, str] = {}
+        if tasks and airflow_url:
+            with sa.create_engine(airflow_url).connect() as conn:
+                names = {str(i): f"{d}.{t}" for i, d, t in conn.execute(
+                    sa.text("SELECT id, dag_id, task_id FROM task_instance"))}
+        per_task: dict[str, float] = {}
+        for ti, used in tasks.items():
+            name = names.get(ti, "unknown task")
+            per_task[name] = per_task.get(name, 0.0) + used
+        per_dag: dict[str, float] = {}
+        for name, used in per_task.items():
+            per_dag[name.split(".")[0]] = per_dag.get(name.split(".")[0], 0.0) + used
+        parts = {k: round(v, 1) for k, v in sorted(by_kind.items()) if not k.startswith("ti:")}
+        parts["task processes"] = round(sum(tasks.values()), 1)
+        return {
+            "total_s": round(sum(by_kind.values()), 1),
+            "by_part_s": parts,
+            "tasks_by_dag_s": {k: round(v, 1) for k, v in sorted(per_dag.items(), key=lambda kv: -kv[1])},
+            "tasks_s": {k: round(v, 1) for k, v in sorted(per_task.items(), key=lambda kv: -kv[1])},
+            "note": "user+system CPU seconds, sampled each second per process",
+        }
+
+    _started = False
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
@@ -132,6 +213,7 @@ class SystemMemory:
 
     def __enter__(self) -> "SystemMemory":
         self.sample()
+        self._started = True
         self._t.start()
         return self
 
@@ -383,6 +465,12 @@ def page_times(stack) -> dict[str, float]:  # noqa: ANN001
 # -- one run ----------------------------------------------------------------------------------
 
 
+def _say_cpu(executor: str, what: str, cpu: dict) -> dict:
+    top = ", ".join(f"{k} {v}" for k, v in list(cpu["tasks_s"].items())[:8])
+    say(f"{executor}: {what}: CPU {cpu['total_s']}s: {cpu['by_part_s']}; tasks: {top}")
+    return cpu
+
+
 def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, dict]:  # noqa: ANN001
     from renkei.devstack import DevStack
 
@@ -466,6 +554,7 @@ def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, di
             "per_dag_median_s": inc_per_dag,
             "per_task_median_s": inc_per_task,
             "peak_pss_mb": inc_mem.peak,
+            "cpu": _say_cpu(executor, "changes", inc_mem.cpu(af_url)),
         }
         say(f"{executor}: changes → stream {inc['wall_s']}s (export {inc['export_s']}s): {inc['new_notices']} new "
             f"notices, {inc['withdrawn_notices']} withdrawn, failed runs {inc_failed or 'none'}")
@@ -475,6 +564,7 @@ def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, di
             "ratio": round(wall / baseline_s, 2),
             "peak_rss_mb": mem.peak["total_mb"],
             "peak_pss": mem.peak,
+            "cpu": _say_cpu(executor, "whole city", mem.cpu(af_url)),
             "baseline_stages": base_stages,
             "announce_order": order,
             "notices": full_state["notices"],

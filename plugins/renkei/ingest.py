@@ -179,12 +179,13 @@ def _chunk_reasons(source: Source, columns: list[str], part, settings: Settings,
     from renkei.quality.gx_runner import RowFailure, quarantine_reason, validate_frame  # noqa: PLC0415
 
     at = {c: i for i, c in enumerate(columns)}
-    rows = [tuple(r) for r in part if r[at["op"]] == UPSERT]
+    rows = [r if isinstance(r, tuple) else tuple(r) for r in part if r[at["op"]] == UPSERT]
     if not rows:
         return {}
     data = [c for c in columns if c not in CHANGE_COLUMNS and c != "source_row"]
     # The suite sees the extract's layout, with the change_seq as the batch's row identity.
-    frame = pd.DataFrame([(r[0], *(r[at[c]] for c in data)) for r in rows], columns=["source_row", *data], dtype=object)
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)[[columns[0], *data]]
+    frame.columns = ["source_row", *data]
     outcome = validate_frame(source.name, frame, settings.expectations_dir, on_result=docs.add if docs else None)
     out: dict[int, list] = {}
     for row, fails in outcome.failures.items():

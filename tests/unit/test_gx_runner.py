@@ -327,3 +327,13 @@ def test_an_overlong_key_is_quarantined_not_a_failed_load(source, column):
     """The staging key columns are VARCHAR(120): a longer key would abort every PostgreSQL load."""
     found = failures_of(source, **{column: {100: "k" * 121, 101: "k" * 120}})
     assert found == {100: [RowFailure("expect_column_value_lengths_to_be_between", column)]}
+
+
+def test_placeholder_dates_outside_datetime64_fail_between_on_their_rows_only():
+    """0001-01-01 and 9999-12-31 (a system's "unknown" and "forever") are ISO dates outside
+    datetime64[ns]'s years: they fail the 1868–2100 bound on their rows; they used to raise
+    OutOfBoundsDatetime and fail the whole extract."""
+    data = frame("registry", rows=5, birth_date={101: "0001-01-01", 103: "9999-12-31"})
+    assert validate_frame("registry", data).failures == {
+        101: [RowFailure(BETWEEN, "birth_date")], 103: [RowFailure(BETWEEN, "birth_date")],
+    }

@@ -2,6 +2,15 @@
 
 Great Expectations is imported lazily (≈3.5 s): importing this module is cheap. GX results
 carry the offending values; this module keeps only which rows failed which expectation.
+
+GX evaluates every expectation; what it is given differs by kind. A *per-value* expectation
+(a column-map one without ``mostly`` or a row condition: null, in set, between, regex,
+lengths) gives a row the verdict its value gets, whatever the other rows hold. For a column
+with few distinct values in the batch (vaccine codes, dates, wards), GX checks each distinct
+value once and the verdicts are mapped back to the rows; the results handed on are in row
+terms (counts and row positions), as if GX had read every row. Everything else — uniqueness,
+column pairs, row counts, columns with mostly-distinct values — runs on the rows themselves.
+The quarantine reasons and Data Docs counts are the same either way (tests/unit/test_gx_per_value.py).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,13 +69,57 @@ class ValidationOutcome:
     success: bool
 
 
+# Column-map expectations whose verdict on a row depends on that row's value in one column
+# alone (GX's ColumnMapExpectation with a pure per-value condition).
+PER_VALUE = frozenset({
+    "expect_column_values_to_be_null",
+    "expect_column_values_to_not_be_null",
+    "expect_column_values_to_be_in_set",
+    "expect_column_values_to_not_be_in_set",
+    "expect_column_values_to_be_between",
+    "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex",
+    "expect_column_value_lengths_to_be_between",
+    "expect_column_value_lengths_to_equal",
+})
+# Expectations about the column names only: the per-value frame has the batch's columns.
+COLUMN_NAMES = frozenset({
+    "expect_table_columns_to_match_set",
+    "expect_table_columns_to_match_ordered_list",
+    "expect_table_column_count_to_equal",
+    "expect_column_to_exist",
+})
+# A column whose distinct values are at most this share of the batch's rows is checked per value.
+PER_VALUE_SHARE = 0.5
+# Value kinds for which equal (hash-equal) values are the same value to every expectation:
+# not floats (0.0 == -0.0, yet their text differs) nor mixes (1 == True == 1.0).
+_SAME_WHEN_EQUAL = frozenset({"string", "integer", "empty"})
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Expectations run on one view of the batch (as written, or with ISO dates as dates)."""
+
+    entries: tuple[dict, ...]  # expectation configurations as JSON dicts
+    per_value: tuple[str | None, ...]  # per entry: the column when it may run per value, else None
+    name_only: tuple[bool, ...]  # per entry: it reads the column names only
+    suites: dict = field(default_factory=dict, compare=False)  # chosen entries -> gx ExpectationSuite
+
+    def suite(self, gx: Any, name: str, chosen: tuple[int, ...]) -> Any:
+        found = self.suites.get(chosen)
+        if found is None:
+            found = self.suites[chosen] = gx.ExpectationSuite(
+                name=name, expectations=[self.entries[i] for i in chosen])
+        return found
+
+
 @dataclass(frozen=True)
 class _Suite:
     full: Any  # the gx ExpectationSuite as written in the file
-    plain: Any  # the part run on the extract as it is
+    plain: _Part  # the part run on the extract as it is
     # Between-expectations with date bounds: GX 1.x coerces such bounds to dates and refuses
     # to compare dates with strings, so these run on a view where ISO date strings are dates.
-    dated: Any | None
+    dated: _Part | None
     dated_columns: tuple[str, ...]
 
 
@@ -175,10 +228,21 @@ def _split(gx: Any, suite: Any) -> _Suite:
             plain.append(expectation.configuration.to_json_dict())
     return _Suite(
         full=suite,
-        plain=gx.ExpectationSuite(name=suite.name, expectations=plain),
-        dated=gx.ExpectationSuite(name=f"{suite.name}.dated", expectations=dated) if dated else None,
+        plain=_part(plain),
+        dated=_part(dated) if dated else None,
         dated_columns=tuple(dict.fromkeys(dated_columns)),
     )
+
+
+def _part(entries: list[dict]) -> _Part:
+    def per_value(entry: dict) -> str | None:
+        kwargs = entry.get("kwargs") or {}
+        if entry["type"] not in PER_VALUE or kwargs.get("row_condition") or kwargs.get("mostly") not in (None, 1, 1.0):
+            return None
+        return str(kwargs["column"]) if "column" in kwargs else None
+
+    return _Part(entries=tuple(entries), per_value=tuple(per_value(e) for e in entries),
+                 name_only=tuple(e["type"] in COLUMN_NAMES for e in entries))
 
 
 @lru_cache(maxsize=1)
@@ -200,6 +264,7 @@ def _prepared(frame: pandas.DataFrame) -> pandas.DataFrame:
 
 
 _ISO_DATE = r"\d{4}-\d{2}-\d{2}"
+_NS_FIRST_DAY, _NS_LAST_DAY = "1677-09-22", "2262-04-10"  # whole days inside datetime64[ns]
 
 
 def _as_date(value: Any) -> Any:
@@ -223,8 +288,14 @@ def _dated_view(prepared: pandas.DataFrame, columns: tuple[str, ...]) -> pandas.
             continue  # an absent column stays absent, so that its expectation fails loudly for the batch
         values = prepared[column]
         iso = values.str.fullmatch(_ISO_DATE).fillna(False).astype(bool)
-        # nanoseconds: GX compares only datetime64[ns] vectorised (pandas 3 infers [us])
-        parsed = pd.to_datetime(values.where(iso), format="%Y-%m-%d", errors="coerce").astype("datetime64[ns]")
+        dates = values.where(iso)
+        # nanoseconds: GX compares only datetime64[ns] vectorised (pandas 3 infers [us]). A date
+        # outside its years 1677–2262 (a placeholder 0001-01-01) stands in as its first or last
+        # whole day: the bounds lie inside, so the verdict is the same (ISO text sorts as dates).
+        text = values[iso]  # ISO strings only: another type does not compare with text
+        dates[text.index[text < _NS_FIRST_DAY]] = _NS_FIRST_DAY
+        dates[text.index[text > _NS_LAST_DAY]] = _NS_LAST_DAY
+        parsed = pd.to_datetime(dates, format="%Y-%m-%d", errors="coerce").astype("datetime64[ns]")
         # The rest value by value: other ISO forms fromisoformat reads, and dates outside
         # datetime64's years 1677–2262, which stand in as its ends (the bounds lie inside).
         for position in (parsed.isna() & values.notna()).to_numpy().nonzero()[0]:
@@ -301,21 +372,12 @@ def validate_frame(
         )
     rows = len(prepared)
     flagged: dict[int, set[RowFailure]] = {}
-    batch_definition = _batch_definition()
-    plain = batch_definition.get_batch(batch_parameters={"dataframe": prepared}).validate(
-        loaded.plain, result_format=_RESULT_FORMAT
-    )
-    all_passed = _collect(plain, rows, flagged)
-    if on_result is not None:
-        on_result(plain)
+    values = _Values.of(prepared, loaded)
+    all_passed = _run_part(source, loaded.plain, prepared, values, None, rows, flagged, on_result)
     if loaded.dated is not None:
-        view = _dated_view(prepared, loaded.dated_columns)
-        dated = batch_definition.get_batch(batch_parameters={"dataframe": view}).validate(
-            loaded.dated, result_format=_RESULT_FORMAT
-        )
-        all_passed = _collect(dated, rows, flagged) and all_passed
-        if on_result is not None:
-            on_result(dated)
+        all_passed = _run_part(
+            f"{source}.dated", loaded.dated, prepared, values, loaded.dated_columns, rows, flagged, on_result
+        ) and all_passed
 
     if "parse_errors" in prepared.columns:
         known = set(prepared.columns) | set(EXTRACT_RENAMES) | {WHOLE_ROW}
@@ -329,6 +391,128 @@ def validate_frame(
     return ValidationOutcome(
         evaluated=rows, failures=failures, expectations=len(loaded.full.expectations), success=all_passed and not failures
     )
+
+
+@dataclass(frozen=True)
+class _Values:
+    """The batch's columns with few distinct values: each column's distinct values (a frame
+    padded to the longest with the column's first value) and each row's index into them."""
+
+    frame: Any  # pandas.DataFrame: every column of the batch; the chosen ones hold distinct values
+    codes: dict[str, Any]  # column -> numpy array: row -> position of its value in the frame
+    counts: dict[str, int]  # column -> number of distinct values
+
+    @classmethod
+    def of(cls, prepared: pandas.DataFrame, loaded: _Suite) -> _Values | None:
+        import numpy as np
+        import pandas as pd
+
+        rows = len(prepared)
+        if not rows:
+            return None
+        wanted = {c for part in (loaded.plain, loaded.dated) if part for c in part.per_value if c}
+        codes, uniques = {}, {}
+        for column in sorted(wanted & set(prepared.columns)):
+            series = prepared[column]
+            if pd.api.types.infer_dtype(series, skipna=True) not in _SAME_WHEN_EQUAL:
+                continue
+            found, distinct = pd.factorize(series, use_na_sentinel=False)
+            if len(distinct) > max(1, rows * PER_VALUE_SHARE):
+                continue
+            distinct = pd.Series(distinct, dtype=object)
+            codes[column] = found
+            uniques[column] = distinct.where(distinct.notna(), None).tolist()
+        if not codes:
+            return None
+        length = max(len(v) for v in uniques.values())
+        # A padded place repeats the column's first value: a repeat changes no verdict, and
+        # only the first len(distinct) positions are mapped back.
+        data = {c: (uniques[c] + [uniques[c][0]] * (length - len(uniques[c]))) if c in uniques
+                else [None] * length for c in prepared.columns}
+        frame = pd.DataFrame(data, columns=prepared.columns, dtype=object)
+        return cls(frame=frame, codes=codes, counts={c: len(v) for c, v in uniques.items()})
+
+    def to_rows(self, item: Any, rows: int, view: pandas.DataFrame) -> None:
+        """Rewrite one per-value result in row terms: positions and counts of the rows.
+        ``view`` is the frame GX read (missing there: null, or no date in the dated view)."""
+        import numpy as np
+
+        column = str(item.expectation_config.kwargs["column"])
+        found = item.result
+        if found is None:
+            return
+        distinct = self.counts[column]
+        positions = [int(p) for p in found.get("unexpected_index_list") or [] if int(p) < distinct]
+        failing = np.isin(self.codes[column], positions).nonzero()[0].tolist() if positions else []
+        found["unexpected_index_list"] = failing
+        found["element_count"] = rows
+        found["unexpected_count"] = len(failing)
+        if "missing_count" in found:
+            absent = view[column].isna().to_numpy()[:distinct].nonzero()[0]
+            found["missing_count"] = int(np.isin(self.codes[column], absent).sum()) if len(absent) else 0
+        missing = found.get("missing_count", 0)
+        for key, value in (
+            ("missing_percent", 100.0 * missing / rows if rows else None),
+            ("unexpected_percent_total", 100.0 * len(failing) / rows if rows else None),
+            ("unexpected_percent_nonmissing", 100.0 * len(failing) / (rows - missing) if rows - missing else None),
+        ):
+            if key in found:
+                found[key] = value
+        if "unexpected_percent" in found:
+            # GX: of the non-missing rows when it counts missing ones, else of all rows
+            base = rows - missing if "missing_count" in found else rows
+            found["unexpected_percent"] = 100.0 * len(failing) / base if base else None
+        found.pop("partial_unexpected_list", None)
+
+
+_COLUMN_KWARGS = ("column", "column_A", "column_B")
+
+
+def _columns_for(part: _Part, chosen: tuple[int, ...], prepared: pandas.DataFrame) -> pandas.DataFrame:
+    """The batch with only the columns the chosen expectations read (GX hashes the whole frame
+    it is given, which costs as much as checking it); all of it when one reads the table."""
+    wanted: list[str] = []
+    for i in chosen:
+        kwargs = part.entries[i].get("kwargs") or {}
+        named = [kwargs[k] for k in _COLUMN_KWARGS if k in kwargs] + list(kwargs.get("column_list") or [])
+        if not named or part.name_only[i] or kwargs.get("row_condition"):
+            return prepared
+        wanted.extend(str(c) for c in named)
+    return prepared[[c for c in prepared.columns if c in set(wanted)]]
+
+
+def _run_part(
+    name: str, part: _Part, prepared: pandas.DataFrame, values: _Values | None,
+    dated_columns: tuple[str, ...] | None, rows: int, flagged: dict[int, set[RowFailure]],
+    on_result: Callable[[Any], None] | None,
+) -> bool:
+    """Validate one part of the suite: per value where it can, the rest on the rows."""
+    import great_expectations as gx
+
+    per_value = tuple(i for i, column in enumerate(part.per_value)
+                      if values is not None and column in values.codes)
+    # Column-name checks ride along with the per-value frame (it has the batch's columns).
+    if per_value:
+        per_value += tuple(i for i, names in enumerate(part.name_only) if names)
+    on_rows = tuple(i for i in range(len(part.entries)) if i not in per_value)
+    all_passed = True
+    batch_definition = _batch_definition()
+    for chosen, frame in ((on_rows, _columns_for(part, on_rows, prepared)),
+                          (tuple(sorted(per_value)), values.frame if per_value else None)):
+        if not chosen:
+            continue
+        view = _dated_view(frame, dated_columns) if dated_columns is not None else frame
+        result = batch_definition.get_batch(batch_parameters={"dataframe": view}).validate(
+            part.suite(gx, name, chosen), result_format=_RESULT_FORMAT
+        )
+        if chosen is not on_rows:
+            for item in result.results:
+                if item.expectation_config.type not in COLUMN_NAMES:
+                    values.to_rows(item, rows, view)
+        all_passed = _collect(result, rows, flagged) and all_passed
+        if on_result is not None:
+            on_result(result)
+    return all_passed
 
 
 UNRECOGNISED = "unrecognised"  # a parse_errors item naming no column of the source
