@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -61,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from chain_run import commit, machine  # noqa: E402
-from event_latency import dag_breakdown  # noqa: E402
+from event_latency import dag_breakdown, timeline  # noqa: E402
 from stage_breakdown import baseline, drop_db, fresh_db  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -101,6 +102,7 @@ def _pids_named(*names: str) -> list[int]:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+_TASK_TITLE = re.compile(r"airflow worker -- ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -136,9 +138,10 @@ class SystemMemory:
 
     def _classify(self, pid: int, roots: dict[int, str]) -> str:
         title = _title(pid)
-        if title.startswith("airflow worker -- "):  # a task process: its task instance's id
-            return "ti:" + title.split("-- ", 1)[1].split()[0]
-        if "supervisor" in title:
+        task = _TASK_TITLE.match(title)
+        if task:  # a task process ("airflow worker -- <task instance id>")
+            return "ti:" + task.group(1)
+        if "supervisor" in title or (title.startswith("airflow worker -- LocalExecutor") and "<idle>" not in title):
             return "task supervisors"
         return roots.get(pid, "executor workers")
 
@@ -554,6 +557,7 @@ def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, di
             "per_dag_median_s": inc_per_dag,
             "per_task_median_s": inc_per_task,
             "peak_pss_mb": inc_mem.peak,
+            "timeline": timeline(af_url, t1),
             "cpu": _say_cpu(executor, "changes", inc_mem.cpu(af_url)),
         }
         say(f"{executor}: changes → stream {inc['wall_s']}s (export {inc['export_s']}s): {inc['new_notices']} new "
@@ -600,8 +604,9 @@ def _median_entry(runs: list[dict], keys: tuple[str, ...]) -> dict:
     return {k: round(statistics.median(r[k] for r in runs), 2) for k in keys}
 
 
-def write_results(name: str, executor: str, entry: dict) -> None:
-    path = RESULTS / name
+def write_results(name: str, executor: str, entry: dict, folder: Path = RESULTS) -> None:
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(path.read_text()) if path.exists() else {}
     if not isinstance(doc, dict) or "residents" in doc:  # the old single-entry layout
         doc = {}
@@ -629,6 +634,8 @@ def main() -> int:
     ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--dry", action="store_true", help="measure but write no result file (trying the script out)")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="folder of the result files (default bench/results; another one for a trial run)")
     args = ap.parse_args()
 
     from renkei.devstack import prepare_city
@@ -665,8 +672,8 @@ def main() -> int:
         print(json.dumps({k: inc_entry[k] for k in ("residents", "executor", "wall_s", "export_s", "changed_records",
                                                     "new_notices", "withdrawn_notices")}), flush=True)
         if not args.dry:
-            write_results("full_run.json", executor, full_entry)
-            write_results("incremental.json", executor, inc_entry)
+            write_results("full_run.json", executor, full_entry, args.out)
+            write_results("incremental.json", executor, inc_entry, args.out)
     return 0
 
 
