@@ -133,6 +133,7 @@ class SystemMemory:
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._kind: dict[int, str] = {}
+        self.queries: dict[str, int] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -166,6 +167,7 @@ class SystemMemory:
         parts["airflow_processes"] = len(airflow)
         if parts["total_mb"] > self.peak["total_mb"]:
             self.peak = parts
+        self._sample_queries()
         for group, pids in (("airflow", airflow), ("postgres", postgres), ("redis", redis)):
             for pid in pids:
                 used = _cpu_s(pid)
@@ -178,6 +180,26 @@ class SystemMemory:
                 elif not self._kind[pid].startswith("ti:") and group == "airflow":
                     self._kind[pid] = self._classify(pid, roots)  # a forked process retitles itself
                 self._last[pid] = used
+
+    def _sample_queries(self) -> None:
+        """What the warehouse's busy backends run now: one sample per backend and second."""
+        try:
+            if self._pg is None:
+                self._pg = sa.create_engine(self.stack.warehouse, pool_size=1, max_overflow=0)
+            with self._pg.connect() as conn:
+                rows = conn.execute(sa.text(
+                    "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()")).scalars().all()
+        except sa.exc.SQLAlchemyError:
+            return
+        for query in rows:
+            self.queries[query] = self.queries.get(query, 0) + 1
+
+    def busiest_queries(self, n: int = 12) -> list[list]:
+        """[seconds a backend was seen running it, the statement's first 90 characters]."""
+        return [[v, k] for k, v in sorted(self.queries.items(), key=lambda kv: -kv[1])[:n]]
+
+    _pg = None
 
     def cpu(self, airflow_url: str | None = None) -> dict:
         """CPU seconds by part: components, task processes by DAG, PostgreSQL, Redis."""
@@ -224,6 +246,8 @@ class SystemMemory:
         self._stop.set()
         self._t.join()
         self.sample()
+        if self._pg is not None:
+            self._pg.dispose()
 
 
 # -- observing the system ---------------------------------------------------------------------
@@ -474,6 +498,12 @@ def _say_cpu(executor: str, what: str, cpu: dict) -> dict:
     return cpu
 
 
+def _say_queries(executor: str, what: str, busiest: list) -> list:
+    say(f"{executor}: {what}: the warehouse's busiest statements (s seen active): " +
+        "; ".join(f"{n} {q}" for n, q in busiest[:8]))
+    return busiest
+
+
 def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, dict]:  # noqa: ANN001
     from renkei.devstack import DevStack
 
@@ -559,6 +589,7 @@ def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, di
             "peak_pss_mb": inc_mem.peak,
             "timeline": timeline(af_url, t1),
             "cpu": _say_cpu(executor, "changes", inc_mem.cpu(af_url)),
+            "warehouse_busiest_s": _say_queries(executor, "changes", inc_mem.busiest_queries()),
         }
         say(f"{executor}: changes → stream {inc['wall_s']}s (export {inc['export_s']}s): {inc['new_notices']} new "
             f"notices, {inc['withdrawn_notices']} withdrawn, failed runs {inc_failed or 'none'}")
@@ -569,6 +600,7 @@ def one_run(args, executor: str, city: Path, order: list[str]) -> tuple[dict, di
             "peak_rss_mb": mem.peak["total_mb"],
             "peak_pss": mem.peak,
             "cpu": _say_cpu(executor, "whole city", mem.cpu(af_url)),
+            "warehouse_busiest_s": _say_queries(executor, "whole city", mem.busiest_queries()),
             "baseline_stages": base_stages,
             "announce_order": order,
             "notices": full_state["notices"],

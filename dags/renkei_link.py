@@ -1,6 +1,8 @@
 """link_residents: rebuild the linked mart (one row per ERK) when any staging table changes.
 
-Set-based SQL over staging (renkei.linkage.mart): residents, counted doses, which departments
+A build first lets a wave of changes settle: it waits (at most RENKEI_LINK_SETTLE_S, 5 s) while a
+sibling ingest is between extract and load (renkei.linkage.settle). Set-based SQL over staging
+(renkei.linkage.mart): residents, counted doses, which departments
 contributed, and department copies that disagree with the registry. Emits renkei_mart_residents.
 Each build appends a `linkage_run` entry (counts, key versions) to the audit trail.
 """
@@ -27,10 +29,12 @@ def link_residents():
     def build_mart(**context) -> dict:
         from renkei.audit.records import record_linkage_run
         from renkei.linkage.mart import build_mart as run_build
+        from renkei.linkage.settle import settle_seconds, wait_for_ingests
         from renkei.runctx import evaluation_date, run_key
         from renkei.settings import Settings
 
         url, as_of, run = Settings.from_env().warehouse_url, evaluation_date(context), run_key(context)
+        wait_for_ingests(url, settle_seconds())  # one build for a wave of changes across sources
         counts = run_build(url, as_of, run)
         record_linkage_run(url, run, as_of, counts)
         context["outlet_events"][MART_RESIDENTS].extra = counts

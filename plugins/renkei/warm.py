@@ -14,12 +14,10 @@ imports in every component); the api-server, triggerer and DAG processor do not.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
-
-log = logging.getLogger(__name__)
 
 ENV = "RENKEI_PRELOAD"
 # Heavy third-party packages first, then the task modules that import them.
@@ -62,6 +60,12 @@ def preload(argv: Sequence[str], executor: str) -> list[str]:
             importlib.import_module(name)
             done.append(name)
         except Exception as error:  # noqa: BLE001 - a warm-up must never stop the scheduler or worker
-            log.warning("renkei preload: %s not imported (%s)", name, type(error).__name__)
-    log.info("renkei preload: %d modules in %.1fs for the task processes", len(done), time.perf_counter() - started)
+            _say(f"renkei preload: {name} not imported ({type(error).__name__}); the tasks import it themselves")
+    _say(f"renkei preload: {len(done)} of {len(MODULES)} modules in {time.perf_counter() - started:.1f}s, "
+         "shared by the task processes this process forks")
     return done
+
+
+def _say(line: str) -> None:
+    # Airflow imports this before it configures logging: straight to the component's stderr.
+    print(line, file=sys.stderr, flush=True)

@@ -205,3 +205,13 @@ def test_delivery_waits_for_the_delivery_worker_and_no_default_worker_takes_it(s
     assert stack.dag_run_state("deliver_notices", run_id) == "success"
     ran = _ran_on(stack, set(held.values()))
     assert ran[DELIVERY_WORKER] == set(held.values()) and not any(ran[w] for w in DEFAULT_WORKERS), ran
+
+
+def test_only_the_workers_preload_the_task_modules(stack):
+    """Each ``airflow celery worker`` imports the tasks' heavy modules once at start, for the
+    task processes its pool forks (renkei.warm); the scheduler, which forks no task under
+    Celery, and the other components do not."""
+    said = {name: (stack.base / f"{name}.log").read_text(errors="replace") for name in stack.commands}
+    preloaded = sorted(name for name, text in said.items() if "renkei preload:" in text)
+    assert preloaded == sorted((*DEFAULT_WORKERS, DELIVERY_WORKER))
+    assert all("not imported" not in said[name] for name in preloaded)

@@ -155,6 +155,15 @@ def test_change_events_drive_the_chain_to_the_stream(stack):
     assert sorted(n for n in on_stream if n in ids) == sorted(ids), "a notice was published to the stream twice"
 
 
+def test_only_the_scheduler_preloads_the_task_modules(stack):
+    """Under the LocalExecutor the scheduler forks the workers that fork the task processes: it
+    imports the tasks' heavy modules once at start (renkei.warm); the api-server, triggerer and
+    DAG processor fork no task and do not."""
+    said = {name: (stack.base / f"{name}.log").read_text(errors="replace") for name in stack.commands}
+    assert sorted(name for name, text in said.items() if "renkei preload:" in text) == ["scheduler"]
+    assert "not imported" not in said["scheduler"]
+
+
 def test_a_change_made_while_the_triggerer_is_down_still_arrives(stack):
     from renkei.events.channel import load_channel
 

@@ -1,0 +1,79 @@
+"""Letting a wave of department changes settle before a link build.
+
+Departments change records at about the same time (a birth is registered and the newborn's
+first dose recorded; a move touches the registry and a subscription), and each source's ingest
+ends on its own. The link DAG starts on the first staging asset: a build started while a
+sibling ingest is still loading links that wave twice — two builds, two services runs, two
+relays — and the resident's notice arrives a whole round later. So a build first waits, for at
+most ``RENKEI_LINK_SETTLE_S`` seconds (default 5; 0: never), while an ingest run is *in flight*:
+extracted or validated, not yet loaded, and at that step for less than the bound (a run whose
+load failed stays ``validated``; it must not hold every build). A long load (a city's first)
+is not waited for: the next build takes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from renkei.errors import ConfigError
+from renkei.warehouse import engine, ingest_runs
+
+log = logging.getLogger(__name__)
+
+ENV = "RENKEI_LINK_SETTLE_S"
+DEFAULT_S = 5.0
+IN_FLIGHT = ("extracted", "validated")
+
+
+def settle_seconds(env: dict | None = None) -> float:
+    """The bound from ``RENKEI_LINK_SETTLE_S`` (0–60 seconds)."""
+    raw = (os.environ if env is None else env).get(ENV, str(DEFAULT_S))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 60:
+        raise ConfigError(f"{ENV}={raw!r}: give the seconds a link build waits for ingests in flight, 0 to 60")
+    return value
+
+
+def in_flight(conn: sa.Connection, bound_s: float, now: datetime | None = None) -> list[str]:
+    """Sources with an ingest run extracted or validated within the last ``bound_s`` seconds."""
+    now = now or datetime.now(timezone.utc)
+    # updated_at is whole seconds of JST text: one more second so a run just stamped counts
+    since = now - timedelta(seconds=bound_s + 1)
+    rows = conn.execute(sa.select(ingest_runs.c.source, ingest_runs.c.updated_at)
+                        .where(ingest_runs.c.state.in_(IN_FLIGHT))).all()
+    return sorted({source for source, stamp in rows if datetime.fromisoformat(stamp) >= since})
+
+
+def wait_for_ingests(warehouse_url: str, bound_s: float, poll_s: float = 0.1,
+                     clock: Callable[[], float] = time.monotonic) -> dict:
+    """Wait while an ingest run is in flight, at most ``bound_s`` seconds; returns
+    ``{"waited_s", "in_flight"}`` (the sources still in flight when it stopped waiting)."""
+    started = clock()
+    if bound_s <= 0:
+        return {"waited_s": 0.0, "in_flight": []}
+    eng = engine(warehouse_url)
+    try:
+        while True:
+            with eng.connect() as conn:
+                if not sa.inspect(conn).has_table(ingest_runs.name):
+                    return {"waited_s": 0.0, "in_flight": []}
+                busy = in_flight(conn, bound_s)
+            waited = clock() - started
+            if not busy or waited >= bound_s:
+                break
+            time.sleep(poll_s)
+    finally:
+        eng.dispose()
+    if waited >= poll_s:
+        log.info("link: waited %.1fs for ingests in flight%s", waited,
+                 f"; building without {', '.join(busy)} (still loading)" if busy else "")
+    return {"waited_s": round(waited, 2), "in_flight": busy}
