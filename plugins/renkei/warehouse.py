@@ -333,6 +333,7 @@ def ensure_schema(eng: sa.Engine) -> None:
     _declare_source_tables()
     _renew_landing(eng)
     metadata.create_all(eng)
+    install_outbox_pending(eng)
 
 
 def _renew_landing(eng: sa.Engine) -> None:
@@ -477,6 +478,93 @@ outbox_published = sa.Table(
     sa.Column("stream_id", sa.String(64), nullable=False),  # the Redis Stream entry id
     sa.Column("published_at", TS, nullable=False),
 )
+
+
+# The notices not yet on the stream, in created order: the index of "no outbox_published row",
+# kept by triggers (install_outbox_pending) so that every writer keeps it — a notice inserted is
+# pending; its outbox_published row inserted, it is not; that row deleted (to publish it again),
+# it is pending again; the notice deleted, it is gone. The relay reads it instead of an anti-join
+# over the whole outbox (0.8 s per page at a million residents, for a handful of new notices).
+outbox_pending = sa.Table(
+    "outbox_pending", metadata,
+    sa.Column("created_at", TS, primary_key=True),
+    sa.Column("notice_id", sa.String(64), primary_key=True),
+    sa.Index("ix_outbox_pending_notice", "notice_id", unique=True),
+)
+
+_PENDING_TRIGGERS_PG = (
+    ("renkei_pending_insert", "notices", "INSERT", "NEW", """
+        INSERT INTO outbox_pending (created_at, notice_id)
+        SELECT t.created_at, t.notice_id FROM changed t
+        WHERE NOT EXISTS (SELECT 1 FROM outbox_published p WHERE p.notice_id = t.notice_id)
+        ON CONFLICT DO NOTHING"""),
+    ("renkei_pending_forget", "notices", "DELETE", "OLD", """
+        DELETE FROM outbox_pending p USING changed t WHERE p.notice_id = t.notice_id"""),
+    ("renkei_pending_published", "outbox_published", "INSERT", "NEW", """
+        DELETE FROM outbox_pending p USING changed t WHERE p.notice_id = t.notice_id"""),
+    ("renkei_pending_again", "outbox_published", "DELETE", "OLD", """
+        INSERT INTO outbox_pending (created_at, notice_id)
+        SELECT n.created_at, n.notice_id FROM changed t JOIN notices n ON n.notice_id = t.notice_id
+        ON CONFLICT DO NOTHING"""),
+)
+_PENDING_TRIGGERS_SQLITE = (
+    ("renkei_pending_insert", """AFTER INSERT ON notices
+        WHEN NOT EXISTS (SELECT 1 FROM outbox_published p WHERE p.notice_id = NEW.notice_id)
+        BEGIN INSERT OR IGNORE INTO outbox_pending (created_at, notice_id) VALUES (NEW.created_at, NEW.notice_id); END"""),
+    ("renkei_pending_forget", """AFTER DELETE ON notices
+        BEGIN DELETE FROM outbox_pending WHERE notice_id = OLD.notice_id; END"""),
+    ("renkei_pending_published", """AFTER INSERT ON outbox_published
+        BEGIN DELETE FROM outbox_pending WHERE notice_id = NEW.notice_id; END"""),
+    ("renkei_pending_again", """AFTER DELETE ON outbox_published
+        BEGIN INSERT OR IGNORE INTO outbox_pending (created_at, notice_id)
+        SELECT created_at, notice_id FROM notices WHERE notice_id = OLD.notice_id; END"""),
+)
+_PENDING_LOCK = 0x52656E6B  # an advisory lock id: one installer at a time
+
+
+def _pending_triggers(conn: sa.Connection) -> set[str]:
+    if conn.dialect.name == "postgresql":
+        return set(conn.execute(sa.text(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'renkei_pending_%' "
+            "AND tgrelid IN (to_regclass('notices'), to_regclass('outbox_published'))")).scalars())
+    return set(conn.execute(sa.text(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'renkei_pending_%'")).scalars())
+
+
+def install_outbox_pending(eng: sa.Engine) -> bool:
+    """Install the triggers that keep ``outbox_pending`` and fill it with the notices not yet
+    published, once (the tables exist); True when it installed them now."""
+    names = {t[0] for t in _PENDING_TRIGGERS_PG}
+    with eng.connect() as conn:
+        if _pending_triggers(conn) >= names:
+            return False
+    with eng.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PENDING_LOCK})
+        have = _pending_triggers(conn)
+        if have >= names:
+            return False
+        if conn.dialect.name == "postgresql":
+            for name, table, event, rows, body in _PENDING_TRIGGERS_PG:
+                if name in have:
+                    continue
+                conn.execute(sa.text(
+                    f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+                    f"$$ BEGIN {body.strip()}; RETURN NULL; END $$"))
+                conn.execute(sa.text(
+                    f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {rows} TABLE AS changed "
+                    f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"))
+        else:
+            for name, body in _PENDING_TRIGGERS_SQLITE:
+                conn.execute(sa.text(f"CREATE TRIGGER IF NOT EXISTS {name} {body}"))
+        # The notices published before the triggers existed are not pending; the rest are. The
+        # triggers above lock the tables: a writer waiting on them fires them once this commits.
+        n, o = notices.c, outbox_published.c
+        conn.execute(dialect_insert(conn)(outbox_pending).from_select(
+            ["created_at", "notice_id"],
+            sa.select(n.created_at, n.notice_id).where(~sa.exists().where(o.notice_id == n.notice_id)),
+        ).on_conflict_do_nothing())
+    return True
 
 
 # The tamper-evident audit trail (renkei.audit.trail): append-only, each entry HMAC-chained to

@@ -537,8 +537,8 @@ def evaluate_part(warehouse_url: str, plan: dict, index: int = 0) -> dict:
         new = _insert_new(conn, _with_replaces(rows, moved))
         pending = services_held_pending.c
         conn.execute(services_held_pending.delete().where(pending.run_id == run_id, part.clause(pending.erk)))
-        if held:
-            conn.execute(sa.insert(services_held_pending), [{"run_id": run_id, "erk": e} for e in sorted(held)])
+        if held:  # all the city's residents while their reviews wait: COPY, not one INSERT per row
+            bulk.insert_rows(conn, services_held_pending, ["run_id", "erk"], [(run_id, e) for e in sorted(held)])
     eng.dispose()
     counts = {"part": index, "open": sum(by_kind.values()), "new": new, **lifecycle.count(moved),
               "held_erks": len(held), "by_service_kind": dict(sorted(by_kind.items()))}

@@ -3,7 +3,9 @@ their lifecycle transitions.
 
 The warehouse outbox ``notices`` stays the source of truth; the relay only reads it and records
 what it has published in ``outbox_published``. Unpublished = a ``notices`` row without an
-``outbox_published`` row, taken in created order (created_at, then notice_id). Then each
+``outbox_published`` row, taken in created order (created_at, then notice_id) from its index
+``outbox_pending``, which triggers keep for every writer (renkei.warehouse.install_outbox_pending):
+reading it costs what is pending, not the whole outbox. Then each
 ``notice_events`` row not yet published (no ``stream_id``) whose notice is published goes out as
 a state message (renkei.outputs.notice.NoticeState), in ``seq`` order, and gets its stream id.
 
@@ -39,7 +41,17 @@ from renkei.outputs.notice import STATE_TYPE, Notice, NoticeError, NoticeState
 from renkei.outputs.stream import NoticeStreamConfig, load_notice_stream
 from renkei.settings import redact_url
 from renkei.sources.values import format_timestamp
-from renkei.warehouse import dialect_insert, engine, metadata, notice_events, notices, outbox_published, upsert
+from renkei.warehouse import (
+    dialect_insert,
+    engine,
+    install_outbox_pending,
+    metadata,
+    notice_events,
+    notices,
+    outbox_pending,
+    outbox_published,
+    upsert,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -68,8 +80,9 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
 
     eng = engine(warehouse_url)
     # Creating missing tables writes no row: a relay that runs before the first notice is a no-op.
-    metadata.create_all(eng, tables=[notices, outbox_published, notice_events])
+    metadata.create_all(eng, tables=[notices, outbox_published, notice_events, outbox_pending])
     created_order_index().create(eng, checkfirst=True)  # a warehouse made before the index existed
+    install_outbox_pending(eng)  # a warehouse made before the pending index: filled once
     client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
         published, error = _drain(eng, client, cfg, _unpublished, lambda r: _notice_json(r, cfg.include_facts),
@@ -78,7 +91,8 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
         if error is None:  # a state message only ever follows its notice
             states, error = _drain(eng, client, cfg, _unpublished_states, _state_json, _record_states, batch)
         with eng.connect() as conn:
-            pending = conn.execute(sa.select(sa.func.count()).select_from(_unpublished().subquery())).scalar_one()
+            pending = conn.execute(sa.select(sa.func.count()).select_from(outbox_pending).join(
+                notices, notices.c.notice_id == outbox_pending.c.notice_id)).scalar_one()
     finally:
         client.close()
         eng.dispose()
@@ -109,7 +123,7 @@ def _drain(eng: sa.Engine, client: "redis.Redis", cfg: NoticeStreamConfig,
             if after is None and len(rows) == batch:
                 # Many pages ahead: plan them on real row counts (a fresh outbox has no statistics
                 # yet, and without them PostgreSQL sorts the whole outbox again for every page).
-                bulk.analyze(conn, [notices, outbox_published, notice_events])
+                bulk.analyze(conn, [notices, outbox_published, notice_events, outbox_pending])
                 conn.commit()
         return rows, [message(r) for r in rows]
 
@@ -153,15 +167,17 @@ def created_order_index() -> sa.Index:
 
 
 def _unpublished(after: sa.Row | None = None) -> sa.Select:
-    """Unpublished notices in created order (``after``: those after that row of the order)."""
-    n = notices.c
+    """Unpublished notices in created order (``after``: those after that row of the order): the
+    notices in ``outbox_pending``, which its triggers keep equal to those without an
+    ``outbox_published`` row (renkei.warehouse.install_outbox_pending)."""
+    p = outbox_pending.c
     query = (
         sa.select(notices)
-        .where(~sa.exists().where(outbox_published.c.notice_id == n.notice_id))
-        .order_by(n.created_at, n.notice_id)
+        .join(outbox_pending, p.notice_id == notices.c.notice_id)
+        .order_by(p.created_at, p.notice_id)
     )
     if after is not None:
-        query = query.where(sa.tuple_(n.created_at, n.notice_id) > sa.tuple_(after.created_at, after.notice_id))
+        query = query.where(sa.tuple_(p.created_at, p.notice_id) > sa.tuple_(after.created_at, after.notice_id))
     return query
 
 
