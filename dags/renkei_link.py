@@ -1,7 +1,9 @@
 """link_residents: rebuild the linked mart (one row per ERK) when any staging table changes.
 
 A build first lets a wave of changes settle: it waits (at most RENKEI_LINK_SETTLE_S, 5 s) while a
-sibling ingest is between extract and load (renkei.linkage.settle). Set-based SQL over staging
+sibling ingest is between extract and load; in a city's first load, while a source that never
+loaded a row is being ingested, the run is skipped — that ingest's load starts the build that
+links the city (renkei.linkage.settle). Set-based SQL over staging
 (renkei.linkage.mart): residents, counted doses, which departments
 contributed, and department copies that disagree with the registry. Emits renkei_mart_residents.
 Each build appends a `linkage_run` entry (counts, key versions) to the audit trail.
@@ -29,11 +31,22 @@ def link_residents():
     def build_mart(**context) -> dict:
         from renkei.audit.records import record_linkage_run
         from renkei.linkage.mart import build_mart as run_build
-        from renkei.linkage.settle import settle_seconds, wait_for_ingests
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from renkei.linkage.settle import first_loads_running, settle_seconds, wait_for_ingests
         from renkei.runctx import evaluation_date, run_key
         from renkei.settings import Settings
 
+        ti = context["ti"]
+
+        def running(sources: list[str]) -> list[str]:
+            return [s for s in sources if ti.get_dr_count(dag_id=f"ingest_{s}", states=["queued", "running"])]
+
         url, as_of, run = Settings.from_env().warehouse_url, evaluation_date(context), run_key(context)
+        arriving = first_loads_running(url, [s.name for s in ingest_sources()], running)
+        if arriving:  # a city's first load is linked once: their loads start the next build
+            raise AirflowSkipException(f"the first loads of {', '.join(arriving)} are running; "
+                                       "the build after them links the city")
         wait_for_ingests(url, settle_seconds())  # one build for a wave of changes across sources
         counts = run_build(url, as_of, run)
         record_linkage_run(url, run, as_of, counts)

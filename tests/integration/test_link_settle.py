@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from renkei.errors import ConfigError
-from renkei.linkage.settle import settle_seconds, wait_for_ingests
+from renkei.linkage.settle import first_loads_running, never_loaded, settle_seconds, wait_for_ingests
 from renkei.sources.values import format_timestamp
 from renkei.warehouse import engine, ensure_schema, ingest_runs
 
@@ -25,13 +25,14 @@ def url(request, tmp_path):
     return found
 
 
-def _run(url, source, state, ago_s=0.0, run_id="r1"):
+def _run(url, source, state, ago_s=0.0, run_id="r1", loaded=0):
     eng = engine(url)
     ensure_schema(eng)
     stamp = format_timestamp(datetime.now(timezone.utc) - timedelta(seconds=ago_s))
     with eng.begin() as conn:
         conn.execute(ingest_runs.delete().where(ingest_runs.c.source == source))
-        conn.execute(ingest_runs.insert().values(run_id=run_id, source=source, state=state, updated_at=stamp))
+        conn.execute(ingest_runs.insert().values(run_id=run_id, source=source, state=state, updated_at=stamp,
+                                                 loaded=loaded))
     eng.dispose()
 
 
@@ -92,3 +93,34 @@ def test_the_bound_from_the_environment(raw, expected):
 def test_a_bad_bound_names_the_setting(raw):
     with pytest.raises(ConfigError, match="RENKEI_LINK_SETTLE_S"):
         settle_seconds({"RENKEI_LINK_SETTLE_S": raw})
+
+
+SOURCES = ["registry", "immunization", "child_health", "nhi", "subscriptions", "events"]
+
+
+def test_a_first_load_is_one_that_never_loaded_a_row(url):
+    _run(url, "registry", "loaded", loaded=1000)
+    _run(url, "nhi", "loaded", loaded=0)  # a sweep before the department's first export
+    _run(url, "immunization", "validated")  # its first load under way
+    eng = engine(url)
+    with eng.connect() as conn:
+        assert never_loaded(conn, SOURCES) == ["child_health", "events", "immunization", "nhi", "subscriptions"]
+    eng.dispose()
+
+
+def test_the_build_is_skipped_only_while_a_first_load_runs(url):
+    _run(url, "registry", "loaded", loaded=1000)
+    _run(url, "immunization", "loaded", loaded=500)
+    asked = []
+
+    def running(sources):  # Airflow's answer: which of these have an ingest DAG run going
+        asked.append(sorted(sources))
+        return [s for s in sources if s in ("nhi", "registry")]
+
+    # registry is being ingested again (not a first load); nhi's first load is running
+    assert first_loads_running(url, SOURCES, running) == ["nhi"]
+    assert asked == [["child_health", "events", "nhi", "subscriptions"]], "only never-loaded sources are asked about"
+    for s in ("child_health", "events", "nhi", "subscriptions"):
+        _run(url, s, "loaded", loaded=1, run_id=f"r-{s}")
+    assert first_loads_running(url, SOURCES, running) == []
+    assert len(asked) == 1, "with every source loaded Airflow is not asked"

@@ -9,6 +9,14 @@ most ``RENKEI_LINK_SETTLE_S`` seconds (default 5; 0: never), while an ingest run
 extracted or validated, not yet loaded, and at that step for less than the bound (a run whose
 load failed stays ``validated``; it must not hold every build). A long load (a city's first)
 is not waited for: the next build takes it.
+
+A city's **first load** (a new deployment, a restore) is the exception: while a source that has
+never loaded a row has an ingest run queued or running, a build is not worth making — nothing
+needs a partial city (the services wait for their sources' first loads, renkei.outputs.outbox),
+every source's first load makes a full build, and that ingest's own load starts the next build
+when it ends. :func:`first_loads_running` names them; the link task then skips its run. Linked
+as each department finished, a million-resident city was built in full five times over, each
+build competing for the CPU with the ingests still running.
 """
 
 from __future__ import annotations
@@ -33,14 +41,41 @@ IN_FLIGHT = ("extracted", "validated")
 
 def settle_seconds(env: dict | None = None) -> float:
     """The bound from ``RENKEI_LINK_SETTLE_S`` (0–60 seconds)."""
-    raw = (os.environ if env is None else env).get(ENV, str(DEFAULT_S))
+    return _seconds(env, ENV, DEFAULT_S, 60, "ingests in flight")
+
+
+def _seconds(env: dict | None, name: str, default: float, most: float, what: str) -> float:
+    raw = (os.environ if env is None else env).get(name, str(default))
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 60:
-        raise ConfigError(f"{ENV}={raw!r}: give the seconds a link build waits for ingests in flight, 0 to 60")
+    if not 0 <= value <= most:
+        raise ConfigError(f"{name}={raw!r}: give the seconds a link build waits for {what}, 0 to {most:g}")
     return value
+
+
+def never_loaded(conn: sa.Connection, sources: list[str]) -> list[str]:
+    """The ``sources`` no ingest run has loaded a row of (a sweep before a department's first
+    export loads none: that is not a first load)."""
+    r = ingest_runs.c
+    if not sa.inspect(conn).has_table(ingest_runs.name):
+        return sorted(sources)
+    loaded = set(conn.execute(sa.select(r.source).where(r.state == "loaded", r.loaded > 0).distinct()).scalars())
+    return sorted(set(sources) - loaded)
+
+
+def first_loads_running(warehouse_url: str, sources: list[str], running: Callable[[list[str]], list[str]]) -> list[str]:
+    """The sources whose first load is under way: never loaded a row, and ``running(names)``
+    (in a task: Airflow's count of the source's queued or running ingest DAG runs) says an
+    ingest of theirs is queued or running now."""
+    eng = engine(warehouse_url)
+    try:
+        with eng.connect() as conn:
+            waiting = never_loaded(conn, sources)
+    finally:
+        eng.dispose()
+    return sorted(running(waiting)) if waiting else []
 
 
 def in_flight(conn: sa.Connection, bound_s: float, now: datetime | None = None) -> list[str]:
