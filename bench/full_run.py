@@ -33,8 +33,15 @@ and the Redis server — sampled each second; the benchmark process itself is no
 system and not counted. PostgreSQL's share includes any other client's backends on this
 machine.
 
+Also recorded per run: the CPU seconds of each part of the system over the clock (``cpu``:
+user + system time per process, sampled each second — a process living less than a second
+between two samples is missed; task processes by DAG and task), the warehouse's busiest
+statements (``warehouse_busiest_s``: seconds a backend was seen running each, by its first 90
+characters) and, for the incremental, every task's timeline (``timeline``).
+
 Results: bench/results/full_run.json and incremental.json, one entry per executor (rewritten by
-this script only; a run updates its executor's entry), each with every run and the median.
+this script only; a run updates its executor's entry), each with every run and the median;
+``--out DIR`` writes them elsewhere (a trial run).
 """
 
 from __future__ import annotations
