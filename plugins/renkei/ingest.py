@@ -50,6 +50,7 @@ from renkei.warehouse import (
     row_digest,
     staging_deleted,
     staging_key,
+    staging_moved,
     staging_table,
     upsert,
     watermarks,
@@ -628,11 +629,28 @@ def _insert_staging(conn, source: Source, land: sa.Table, stage: sa.Table, erks:
         with refilled(conn, [stage]):
             conn.execute(insert)
         return
+    _record_moves(conn, source, stage, query, run_id)
     pk = [c.name for c in stage.primary_key.columns]
     conn.execute(insert.on_conflict_do_update(
         index_elements=pk, set_={k: insert.excluded[k] for k in values if k not in pk}))
     if loaded >= ANALYZE_AFTER_ROWS:
         analyze(conn, [stage])  # fresh statistics for the link step's joins (autovacuum comes too late)
+
+
+def _record_moves(conn, source: Source, stage: sa.Table, incoming: sa.Select, run_id: str) -> None:
+    """Before the upsert: the staged records this batch re-links to another ERK, with the ERK
+    they leave (``staging_moved``: the link rebuilds that resident too)."""
+    key = staging_key(source)
+    if key == "erk" or "erk" not in stage.c:
+        return  # keyed by the resident (a record cannot move), or no resident at all (events)
+    new = incoming.subquery()
+    conn.execute(sa.insert(staging_moved).from_select(
+        ["source", "record_key", "erk", "moved_run_id"],
+        sa.select(sa.literal(source.name, sa.String(64)), stage.c[key], stage.c.erk, sa.literal(run_id, sa.String(250)))
+        .select_from(stage.join(new, new.c[key] == stage.c[key]))
+        .where(stage.c.erk.is_not(None), stage.c.erk.is_distinct_from(new.c.erk))
+        .distinct(),
+    ))
 
 
 def _insert_quarantine(conn, source: Source, land: sa.Table, failing, run_id: str, now: str) -> None:

@@ -167,6 +167,19 @@ staging_deleted = sa.Table(
     sa.Column("deleted_at", TS, nullable=False),
 )
 
+# Records a load re-linked to another resident (a department correcting a mislink): the ERK the
+# record left, per load run. Its old resident has one record fewer and nothing else of it
+# changed, so a link build finds it here (renkei.linkage.changes) instead of recounting every
+# resident's records in the source.
+staging_moved = sa.Table(
+    "staging_moved", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("record_key", sa.String(120), nullable=False),
+    sa.Column("erk", sa.String(120), nullable=False),  # the resident the record left
+    sa.Column("moved_run_id", sa.String(250), nullable=False, index=True),
+)
+
 ingest_runs = sa.Table(
     "ingest_runs", metadata,
     sa.Column("run_id", sa.String(250), primary_key=True),

@@ -112,8 +112,18 @@ def has_loaded(conn: sa.Connection, source: str) -> bool:
 
 
 def registry_loaded(conn: sa.Connection) -> bool:
-    """Whether the registry has loaded: only then is ``not_in_registry`` a finding."""
-    return has_loaded(conn, REGISTRY)
+    """Whether the registry has loaded residents: only then is ``not_in_registry`` a finding.
+
+    Unlike :func:`has_loaded`, an empty run does not count: a city's registry is never empty,
+    and a sweep before the registry's first export loads nothing. Counted as loaded, that sweep
+    made every resident of the departments that arrived first a finding (361,414 at a million
+    residents, resolved once the registry's rows came, but kept in the queue, slowing every
+    build's audit)."""
+    r = ingest_runs.c
+    if conn.execute(sa.select(r.run_id).where(r.source == REGISTRY, r.state == "loaded", r.loaded > 0).limit(1)).first():
+        return True
+    st = staging_table(load_sources()[REGISTRY])
+    return conn.execute(sa.select(st.c.row_hash).limit(1)).first() is not None
 
 
 def first_loads(conn: sa.Connection, runs: list[tuple[str, str, str]]) -> set[str]:

@@ -9,9 +9,11 @@ consumed are the ERKs of
 - staged rows those runs retired by a department tombstone (``staging_deleted``);
 - rows the runs changed without loading them: a rejected update of a known record that the
   source's ``quarantine_fail_safe`` applied to its staged row (an opt-out);
-- ERKs whose number of records in a source no longer matches ``linkage``: a record that moved
-  to another ERK (a department correcting a mislink) leaves its old ERK with one fewer — that
-  old ERK is nowhere else to be found, and unless some record moved in, its count dropped.
+- the ERK a record left when a load re-linked it to another resident (a department correcting
+  a mislink): ``staging_moved``, written by the load before its upsert. That old ERK is
+  nowhere else to be found; it used to be found by recounting every resident's records in the
+  source against ``linkage`` (a GROUP BY over the whole staging table: 1.7 s of a 3.3 s
+  incremental build at a million residents).
 
 Nothing of the mart depends on another resident's rows (household keys are copied per
 resident, not joined), so rebuilding exactly these ERKs gives the mart a full build gives.
@@ -27,10 +29,10 @@ from renkei.config import Source
 from renkei.warehouse import (
     ingest_runs,
     link_consumed,
-    linkage,
     quarantine,
     staging_deleted,
     staging_key,
+    staging_moved,
     staging_table,
 )
 
@@ -74,14 +76,8 @@ def affected_erks(srcs: dict[str, Source], runs: list[Run]) -> sa.Select | None:
             q = quarantine.c
             rejected = sa.select(q.record_key).where(q.source == name, q.last_run_id.in_(ids))
             parts.append(sa.select(st.c.erk.label("erk")).where(st.c[key].in_(rejected)))
-        now = (
-            sa.select(st.c.erk, sa.func.count().label("n")).where(st.c.erk.is_not(None)).group_by(st.c.erk).subquery()
-        )
-        parts.append(
-            sa.select(linkage.c.erk.label("erk"))
-            .select_from(linkage.outerjoin(now, now.c.erk == linkage.c.erk))
-            .where(linkage.c.source == name, sa.or_(now.c.n.is_(None), now.c.n != linkage.c.records))
-        )
+        moved = staging_moved.c
+        parts.append(sa.select(moved.erk.label("erk")).where(moved.source == name, moved.moved_run_id.in_(ids)))
     if not parts:
         return None
     return sa.union(*parts) if len(parts) > 1 else parts[0]
