@@ -287,6 +287,17 @@ def _wait(driver, condition, what: str):
         pytest.fail(f"browser: {what} did not happen within {WAIT_S}s (url {driver.current_url})")
 
 
+def _flash_naming(item_id: str):
+    """A wait condition: the page's #flash text once it names ``item_id`` (a stale element is
+    retried by _wait: the page may be reloading)."""
+    from selenium.webdriver.common.by import By
+
+    def seen(driver):
+        text = driver.find_element(By.ID, "flash").text
+        return text if item_id in text else False
+    return seen
+
+
 def _shot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -353,8 +364,9 @@ def test_a_reviewer_works_the_queue_in_the_browser(server, browser):
         row = _wait(driver, ec.presence_of_element_located((By.ID, f"item-{item['item_id']}")), "the item row")
         row.find_element(By.NAME, "comment").send_keys(comment)
         row.find_element(By.CSS_SELECTOR, f"button.{button}").click()
-        _wait(driver, ec.presence_of_element_located((By.ID, "flash")), f"the {button} confirmation")
-        flash = driver.find_element(By.ID, "flash").text
+        # The form posts and the page reloads: until it has, #flash may still be the previous
+        # item's (or go stale under the reload). Wait for this item's own confirmation.
+        flash = _wait(driver, _flash_naming(item["item_id"]), f"the {button} confirmation")
         assert item["item_id"] in flash and "pending application" in flash
     _shot(driver, "06-review-requested")
     pages["review-requested"] = driver.page_source
