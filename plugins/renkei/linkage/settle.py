@@ -95,13 +95,16 @@ def wait_for_ingests(warehouse_url: str, bound_s: float, poll_s: float = 0.1,
     started = clock()
     if bound_s <= 0:
         return {"waited_s": 0.0, "in_flight": []}
+    # Recent as of the start of the wait: a run in flight then is waited for until it is loaded
+    # or the bound is reached, however long the wait has lasted so far.
+    as_of = datetime.now(timezone.utc)
     eng = engine(warehouse_url)
     try:
         while True:
             with eng.connect() as conn:
                 if not sa.inspect(conn).has_table(ingest_runs.name):
                     return {"waited_s": 0.0, "in_flight": []}
-                busy = in_flight(conn, bound_s)
+                busy = in_flight(conn, bound_s, now=as_of)
             waited = clock() - started
             if not busy or waited >= bound_s:
                 break
