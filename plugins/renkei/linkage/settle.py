@@ -41,17 +41,13 @@ IN_FLIGHT = ("extracted", "validated")
 
 def settle_seconds(env: dict | None = None) -> float:
     """The bound from ``RENKEI_LINK_SETTLE_S`` (0–60 seconds)."""
-    return _seconds(env, ENV, DEFAULT_S, 60, "ingests in flight")
-
-
-def _seconds(env: dict | None, name: str, default: float, most: float, what: str) -> float:
-    raw = (os.environ if env is None else env).get(name, str(default))
+    raw = (os.environ if env is None else env).get(ENV, str(DEFAULT_S))
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= most:
-        raise ConfigError(f"{name}={raw!r}: give the seconds a link build waits for {what}, 0 to {most:g}")
+    if not 0 <= value <= 60:
+        raise ConfigError(f"{ENV}={raw!r}: give the seconds a link build waits for ingests in flight, 0 to 60")
     return value
 
 
