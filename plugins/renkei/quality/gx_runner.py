@@ -404,7 +404,6 @@ class _Values:
 
     @classmethod
     def of(cls, prepared: pandas.DataFrame, loaded: _Suite) -> _Values | None:
-        import numpy as np
         import pandas as pd
 
         rows = len(prepared)
