@@ -103,7 +103,7 @@ def _notices(url: str) -> tuple[set[str], int]:
 def test_an_empty_sweep_of_the_registry_is_not_its_first_load(tmp_path):
     """A sweep before the registry's first export loads no row: not_in_registry is still not
     judged (at 1M it raised 361,414 findings for the departments that arrived first)."""
-    from renkei.linkage.audit import has_loaded, registry_loaded
+    from renkei.linkage.audit import has_loaded
     from renkei.warehouse import ingest_runs
 
     url = f"sqlite:///{tmp_path / 'wh.db'}"
@@ -114,8 +114,8 @@ def test_an_empty_sweep_of_the_registry_is_not_its_first_load(tmp_path):
         conn.execute(ingest_runs.insert().values(run_id="sweep", source="registry", state="loaded", loaded=0,
                                                  updated_at=stamp))
         assert has_loaded(conn, "registry"), "an empty run is a load for the services (a source may hold none)"
-        assert not registry_loaded(conn), "but no registry row has arrived: nothing is judged against it"
+        assert not has_loaded(conn, "registry", with_rows=True), "but no registry row has arrived: nothing is judged against it"
         conn.execute(ingest_runs.insert().values(run_id="first", source="registry", state="loaded", loaded=3,
                                                  updated_at=stamp))
-        assert registry_loaded(conn)
+        assert has_loaded(conn, "registry", with_rows=True)
     eng.dispose()

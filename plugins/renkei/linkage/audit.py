@@ -98,51 +98,45 @@ def _item_id_sqlite(element, compiler, **kw):  # noqa: ANN001
     return "renkei_item_id(%s)" % compiler.process(element.clauses, **kw)
 
 
-def has_loaded(conn: sa.Connection, source: str) -> bool:
+# A run that loaded rows: a sweep before a department's first export reaches ``loaded`` with none.
+LOADED_ROWS = ingest_runs.c.loaded > 0
+
+
+def has_loaded(conn: sa.Connection, source: str, *, with_rows: bool = False) -> bool:
     """Whether ``source`` has loaded: an ingest run of it reached ``loaded`` (or, in a warehouse
     filled without ingest, its staging holds rows). Before that, its absence says nothing: a new
     city's or a restored warehouse's sources arrive in whatever order their departments finish.
-    An empty run counts (a source may hold no records: check-ups are due by age alone), so a
-    sweep before a department's first export counts too (see first_loads, which does not)."""
+
+    By default an empty run counts: a source may hold no records (check-ups are due by age
+    alone), so the services may evaluate once it has been swept. ``with_rows=True`` asks for a
+    run that loaded rows, for what judges records against a source's rows: ``not_in_registry``
+    (a city's registry is never empty; counted as loaded, the sweep before its first export made
+    every resident of the departments that arrived first a finding, 361,414 at a million
+    residents) and the link's wait for a first load (renkei.linkage.settle)."""
     r = ingest_runs.c
-    if conn.execute(sa.select(r.run_id).where(r.source == source, r.state == "loaded").limit(1)).first():
+    loaded = sa.select(r.run_id).where(r.source == source, r.state == "loaded")
+    if conn.execute((loaded.where(LOADED_ROWS) if with_rows else loaded).limit(1)).first():
         return True
     st = staging_table(load_sources()[source])
     return conn.execute(sa.select(st.c.row_hash).limit(1)).first() is not None
 
 
-def registry_loaded(conn: sa.Connection) -> bool:
-    """Whether the registry has loaded residents: only then is ``not_in_registry`` a finding.
-
-    Unlike :func:`has_loaded`, an empty run does not count: a city's registry is never empty,
-    and a sweep before the registry's first export loads nothing. Counted as loaded, that sweep
-    made every resident of the departments that arrived first a finding (361,414 at a million
-    residents, resolved once the registry's rows came, but kept in the queue, slowing every
-    build's audit)."""
-    r = ingest_runs.c
-    if conn.execute(sa.select(r.run_id).where(r.source == REGISTRY, r.state == "loaded", r.loaded > 0).limit(1)).first():
-        return True
-    st = staging_table(load_sources()[REGISTRY])
-    return conn.execute(sa.select(st.c.row_hash).limit(1)).first() is not None
-
-
 def first_loads(conn: sa.Connection, runs: list[tuple[str, str, str]]) -> set[str]:
     """The sources whose first load is among ``runs`` (a link build's new ingest runs): no earlier
-    build consumed a run of theirs. Such a build is a full one: the registry's first load is
+    build consumed a run of theirs (runs that loaded rows, :data:`LOADED_ROWS`). Such a build is a full one: the registry's first load is
     audited against every department record (a record whose ERK the registry does not hold is
     in no run of the registry), and a department's first load is evaluated for every resident
     by the services (renkei.outputs.outbox waits for it)."""
     c, r = link_consumed.c, ingest_runs.c
     if not runs:
         return set()
-    # Only runs that loaded rows: a sweep before a department's first export loads nothing.
     arriving = set(conn.execute(sa.select(r.source).where(
-        sa.tuple_(r.run_id, r.source).in_(sorted({(run, source) for run, source, _ in runs})), r.loaded > 0)).scalars())
+        sa.tuple_(r.run_id, r.source).in_(sorted({(run, source) for run, source, _ in runs})), LOADED_ROWS)).scalars())
     if not arriving:
         return set()
     seen = set(conn.execute(
         sa.select(c.source).join(ingest_runs, (r.run_id == c.run_id) & (r.source == c.source))
-        .where(c.source.in_(sorted(arriving)), r.loaded > 0).distinct()).scalars())
+        .where(c.source.in_(sorted(arriving)), LOADED_ROWS).distinct()).scalars())
     return arriving - seen
 
 
@@ -199,7 +193,7 @@ def find(conn: sa.Connection, as_of: date, grace_days: int, scope: sa.Select | N
     conn.execute(sa.schema.CreateTable(found))
     srcs = load_sources()
     reg = staging_table(srcs[REGISTRY])
-    judged = registry_loaded(conn)
+    judged = has_loaded(conn, REGISTRY, with_rows=True)
     moved_since = as_of - timedelta(days=grace_days)
     expected = 0
     for name in AUDITED_SOURCES:

@@ -207,7 +207,7 @@ def mart_lost(conn: sa.Connection) -> bool:
         return False
     c, r = link_consumed.c, ingest_runs.c
     linked = conn.execute(sa.select(c.build_seq).join(ingest_runs, (r.run_id == c.run_id) & (r.source == c.source))
-                          .where(c.source == "registry", r.loaded > 0).limit(1))
+                          .where(c.source == "registry", audit.LOADED_ROWS).limit(1))
     return (linked.first() is not None
             and conn.execute(sa.select(reg.c.erk).where(reg.c.erk.is_not(None)).limit(1)).first() is not None)
 

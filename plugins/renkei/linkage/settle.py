@@ -30,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from renkei.errors import ConfigError
+from renkei.linkage.audit import has_loaded
 from renkei.warehouse import engine, ingest_runs
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,11 @@ def settle_seconds(env: dict | None = None) -> float:
 
 
 def never_loaded(conn: sa.Connection, sources: list[str]) -> list[str]:
-    """The ``sources`` no ingest run has loaded a row of (a sweep before a department's first
-    export loads none: that is not a first load)."""
-    r = ingest_runs.c
+    """The ``sources`` that have not loaded a row (renkei.linkage.audit.has_loaded with rows: a
+    sweep before a department's first export loads none, and is not a first load)."""
     if not sa.inspect(conn).has_table(ingest_runs.name):
         return sorted(sources)
-    loaded = set(conn.execute(sa.select(r.source).where(r.state == "loaded", r.loaded > 0).distinct()).scalars())
-    return sorted(set(sources) - loaded)
+    return sorted(s for s in sources if not has_loaded(conn, s, with_rows=True))
 
 
 def first_loads_running(warehouse_url: str, sources: list[str], running: Callable[[list[str]], list[str]]) -> list[str]:
