@@ -58,6 +58,15 @@ def pg_factory():
     admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine_url(request, tmp_path) -> str:
+    """An empty database of each warehouse engine in turn (the test runs once per engine):
+    SQLite in tmp_path, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue("pg_factory")()
+
+
 @pytest.fixture(scope="module")
 def pg_url(pg_factory):
     """A PostgreSQL database of this test module's own."""

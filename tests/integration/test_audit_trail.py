@@ -32,11 +32,9 @@ def anchors(tmp_path, monkeypatch) -> Path:
     return d
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'warehouse.db'}"
-    return request.getfixturevalue("pg_factory")()
+@pytest.fixture
+def url(engine_url):
+    return engine_url
 
 
 def _log(url: str, ring, n: int = 5) -> None:

@@ -14,15 +14,12 @@ from renkei.sources.values import format_timestamp
 from renkei.warehouse import engine, ensure_schema, ingest_runs
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    found = f"sqlite:///{tmp_path / 'wh.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    eng = engine(found)
+@pytest.fixture
+def url(engine_url):
+    eng = engine(engine_url)
     ensure_schema(eng)
-    with eng.begin() as conn:  # the PostgreSQL database is the module's: start from no runs
-        conn.execute(ingest_runs.delete())
     eng.dispose()
-    return found
+    return engine_url
 
 
 def _run(url, source, state, ago_s=0.0, run_id="r1", loaded=0):

@@ -14,16 +14,12 @@ from renkei.warehouse import engine, ensure_schema, install_outbox_pending, noti
 T0 = "2025-05-01T06:00:00+09:00"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    found = f"sqlite:///{tmp_path / 'wh.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    eng = engine(found)
+@pytest.fixture
+def url(engine_url):
+    eng = engine(engine_url)
     ensure_schema(eng)
-    with eng.begin() as conn:  # the PostgreSQL database is the module's
-        for t in (outbox_published, notices):
-            conn.execute(t.delete())
     eng.dispose()
-    return found
+    return engine_url
 
 
 def _row(i: int, created_at: str = T0) -> tuple:

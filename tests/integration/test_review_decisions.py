@@ -31,10 +31,9 @@ def anchors(tmp_path, monkeypatch):
     return d
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    url = (f"sqlite:///{tmp_path / 'warehouse.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_factory")())
+@pytest.fixture
+def url(engine_url):
+    url = engine_url
     eng = engine(url)
     ensure_schema(eng)
     with eng.begin() as conn:

@@ -12,9 +12,9 @@ from renkei.linkage.subjects import assign_subjects
 from renkei.warehouse import engine, ensure_schema, mart_residents, subjects
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    return request.getfixturevalue("pg_factory")() if request.param == "postgresql" else f"sqlite:///{tmp_path / 'wh.db'}"
+@pytest.fixture
+def url(engine_url):
+    return engine_url
 
 
 def _mart(conn: sa.Connection, erks: list[str]) -> None:
