@@ -281,6 +281,20 @@ def test_message_body_is_the_notice_dataclass_json(warehouse, cfg, client):
         assert [f[b"data"].decode() for _, f in client.xrange(stream)] == expected
 
 
+@pytest.mark.parametrize("head", [("XADD", "r:notices", "*", "data"), ("XADD", "r:notices", "MAXLEN", "~", 100_000, "*", "data")],
+                         ids=["plain", "capped"])
+def test_the_relay_writes_the_transaction_redis_py_would(head):
+    """relay.pack_transaction (the relay's own packer) against redis-py's pack_commands, byte for
+    byte: empty, non-ASCII, quoted and protocol-like bodies, and a long one."""
+    import redis
+
+    from renkei.outputs.relay import pack_transaction
+
+    bodies = ["", '{"a":"x"}', '予約 "quoted" \\ back', "\r\n$3\r\n*1\r\n", "x" * 70_000]
+    theirs = redis.Connection().pack_commands([("MULTI",), *((*head, b) for b in bodies), ("EXEC",)])
+    assert pack_transaction(head, bodies) == b"".join(theirs)
+
+
 def test_a_state_message_waits_for_its_notice_through_an_outage(warehouse, cfg, client):
     [nid] = _add_notices(warehouse, 1)
     _add_transition(warehouse, nid, "withdrawn", "opted_out")

@@ -262,7 +262,7 @@ def _publish(client: "redis.Redis", cfg: NoticeStreamConfig, batch: list[str]) -
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command(conn.pack_commands([("MULTI",), *((*head, body) for body in batch), ("EXEC",)]))
+        conn.send_packed_command([pack_transaction(head, batch)])
         queued = [_reply(conn) for _ in range(len(batch) + 1)]  # OK for MULTI, QUEUED for each XADD
         refused = next((r for r in queued if isinstance(r, redis.ResponseError)), None)
         ids = _reply(conn)  # EXEC: the entry ids (EXECABORT when a command was refused)
@@ -279,6 +279,18 @@ def _publish(client: "redis.Redis", cfg: NoticeStreamConfig, batch: list[str]) -
     finally:
         pool.release(conn)
     return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+def pack_transaction(head: tuple, bodies: list[str]) -> bytes:
+    """MULTI, ``*head, body`` for each body, EXEC in the Redis protocol: the bytes redis-py's
+    ``pack_commands`` writes for them (test_relay holds the two equal), at a fraction of its
+    cost — its per-argument packer was most of the relay's own CPU time."""
+    def bulk(arg: bytes) -> bytes:
+        return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+    lead = b"*%d\r\n" % (len(head) + 1) + b"".join(bulk(str(a).encode()) for a in head) + b"$%d\r\n%b\r\n"
+    encoded = (body.encode() for body in bodies)
+    return b"".join([b"*1\r\n$5\r\nMULTI\r\n", *[lead % (len(b), b) for b in encoded], b"*1\r\n$4\r\nEXEC\r\n"])
 
 
 def _reply(conn: "redis.connection.Connection") -> object:
