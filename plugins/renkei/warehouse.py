@@ -10,6 +10,7 @@ outbox. The same metadata runs on SQLite (embedded default) and PostgreSQL.
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from sqlalchemy.sql.expression import FunctionElement
 from renkei.config import SEALED_COLUMNS, Source, load_sources
 from renkei.errors import SourceError
 
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 DATE_COLUMNS_TYPE = sa.Date
 
@@ -342,11 +344,77 @@ def snapshot_options(eng: sa.Engine) -> dict:
 
 def ensure_schema(eng: sa.Engine) -> None:
     """Create every warehouse table that does not exist yet (idempotent); a landing table of an
-    older extract layout is re-created while it holds no batch."""
+    older extract layout is re-created while it holds no batch.
+
+    Skipped when the warehouse records (``renkei_schema``) every table as this code defines it:
+    the checks are some fifty catalog queries, 50–120 ms a call on PostgreSQL, and every task
+    calls this. A table dropped by hand after it was recorded is not re-created: delete its
+    ``renkei_schema`` row (or every row) and the next call checks everything again."""
     _declare_source_tables()
+    wanted = schema_digests()
+    if _recorded_digests(eng).items() >= wanted.items():
+        return
     _renew_landing(eng)
     metadata.create_all(eng)
     install_outbox_pending(eng)
+    _record_digests(eng, wanted)
+
+
+# What ensure_schema made: a row per table (and one for the outbox triggers) with a digest of
+# its definition in this code. Rows, not one fingerprint: code that declares more tables (or a
+# changed one) checks and records them without making older rows stale.
+schema_tables = sa.Table(
+    "renkei_schema", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+)
+_TRIGGERS_ENTRY = "(outbox_pending triggers)"
+
+
+_digests: dict[tuple[str, ...], dict[str, str]] = {}  # per set of declared tables (declared once each)
+
+
+def schema_digests() -> dict[str, str]:
+    """Each warehouse table's name → a digest of its columns, keys and indexes as declared here."""
+    declared = tuple(metadata.tables)
+    if declared not in _digests:
+        _digests[declared] = _digest_tables()
+    return dict(_digests[declared])
+
+
+def _digest_tables() -> dict[str, str]:
+    def digest(*parts: object) -> str:
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    found = {
+        t.name: digest(
+            [(c.name, repr(c.type), c.nullable, c.primary_key) for c in t.columns],
+            sorted((str(i.name), [c.name for c in i.columns], i.unique) for i in t.indexes),
+            sorted((type(k).__name__, str(k.name), [c.name for c in k.columns]) for k in t.constraints
+                   if isinstance(k, sa.sql.schema.ColumnCollectionConstraint)),
+        )
+        for t in metadata.tables.values()
+    }
+    found[_TRIGGERS_ENTRY] = digest(_PENDING_TRIGGERS_PG, _PENDING_TRIGGERS_SQLITE)
+    return found
+
+
+def _recorded_digests(eng: sa.Engine) -> dict[str, str]:
+    try:
+        with eng.connect() as conn:
+            return dict(conn.execute(sa.select(schema_tables.c.name, schema_tables.c.digest)).all())
+    except sa.exc.DBAPIError:  # no such table yet (or a role that may not read it): check everything
+        return {}
+
+
+def _record_digests(eng: sa.Engine, digests: dict[str, str]) -> None:
+    try:
+        with eng.begin() as conn:
+            stmt = dialect_insert(conn)(schema_tables)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"digest": stmt.excluded.digest}),
+                         [{"name": n, "digest": d} for n, d in sorted(digests.items())])
+    except sa.exc.DBAPIError as exc:  # a role without the write (the api-server's): it checks every call
+        log.debug("renkei_schema not recorded (%s): the next call checks the schema again", exc.__class__.__name__)
 
 
 def _renew_landing(eng: sa.Engine) -> None:
