@@ -12,24 +12,20 @@ code or address.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from ui_stack import REPO, launch, need_tool
+from browser import browser, logged_in, login, open_in_airflow, shot, wait  # noqa: F401 - browser: the fixture
+from ui_stack import launch
 
 pytestmark = [pytest.mark.ui, pytest.mark.airflow]
 
-ARTIFACTS = Path(os.environ.get("RENKEI_ARTIFACTS", REPO / "tests" / "artifacts" / "ui"))
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAGES = ("runs", "quarantine", "review", "notices", "trends")
-WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -254,42 +250,9 @@ def test_a_reviewer_decides_with_a_bearer_token_and_the_trail_records_it(server,
 
 # --- the browser --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    need_tool("Chromium", CHROMIUM)
-    need_tool("chromedriver", CHROMEDRIVER)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a browser
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1500,1000", "--lang=ja", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _wait(driver, condition, what: str):
-    from selenium.common.exceptions import TimeoutException, WebDriverException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        # WebDriverException too: the single-page apps navigate on their own ("aborted by navigation")
-        return WebDriverWait(driver, WAIT_S, ignored_exceptions=(WebDriverException,)).until(condition)
-    except TimeoutException:
-        pytest.fail(f"browser: {what} did not happen within {WAIT_S}s (url {driver.current_url})")
-
-
 def _flash_naming(item_id: str):
     """A wait condition: the page's #flash text once it names ``item_id`` (a stale element is
-    retried by _wait: the page may be reloading)."""
+    retried by wait: the page may be reloading)."""
     from selenium.webdriver.common.by import By
 
     def seen(driver):
@@ -298,86 +261,61 @@ def _flash_naming(item_id: str):
     return seen
 
 
-def _shot(driver, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
-    return path
-
-
-def _open_in_airflow(driver, server, route: str) -> str:
-    """Open a Renkei nav entry in the Airflow UI, enter its iframe, return the page's HTML."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-
-    driver.switch_to.default_content()
-    driver.get(f"{server.url}/plugin/{route}")
-    _wait(driver, ec.frame_to_be_available_and_switch_to_it((By.CSS_SELECTOR, "iframe")), f"the {route} iframe")
-    _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "main h1")), f"the {route} page")
-    return driver.page_source
-
-
 def test_a_reviewer_works_the_queue_in_the_browser(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
     driver = browser
-    driver.get(f"{server.url}/auth/login?next=/")
-    user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
-    _shot(driver, "00-airflow-login")
-    user.send_keys("reviewer")
-    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["reviewer"])
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+    login(driver, server, "reviewer", screenshot="00-airflow-login")
 
     sources = [row[0] for row in sqlite3.connect(server.warehouse).execute("SELECT DISTINCT source FROM ingest_runs")]
-    html = _open_in_airflow(driver, server, "renkei-runs")
+    html = open_in_airflow(driver, server, "renkei-runs")
     assert all(f"<td>{s}</td>" in html for s in sources)
-    _shot(driver, "01-runs")
+    shot(driver, "01-runs")
     pages = {"runs": html}
 
-    html = _open_in_airflow(driver, server, "renkei-quarantine")
+    html = open_in_airflow(driver, server, "renkei-quarantine")
     assert "expect_column_values_to_be_unique:record_id" in html and driver.find_elements(By.CSS_SELECTOR, "#rows tr td")
-    _shot(driver, "02-quarantine")
+    shot(driver, "02-quarantine")
     pages["quarantine"] = html
 
-    html = _open_in_airflow(driver, server, "renkei-notices")
+    html = open_in_airflow(driver, server, "renkei-notices")
     assert driver.find_elements(By.CSS_SELECTOR, "a.notice-link")
-    _shot(driver, "03-notices")
+    shot(driver, "03-notices")
     pages["notices"] = html
     driver.find_element(By.CSS_SELECTOR, "a.notice-link").click()
-    facts = _wait(driver, ec.presence_of_element_located((By.ID, "facts")), "the notice explanation")
+    facts = wait(driver, ec.presence_of_element_located((By.ID, "facts")), "the notice explanation")
     notice_id = driver.find_element(By.CSS_SELECTOR, "h1 code").text
     with sqlite3.connect(server.warehouse) as conn:
         rule_id, stored = conn.execute("SELECT rule_id, facts FROM notices WHERE notice_id = ?", (notice_id,)).fetchone()
     assert rule_id in driver.find_element(By.ID, "explain").text
     assert {th.text for th in facts.find_elements(By.TAG_NAME, "th")} == set(json.loads(stored))
-    _shot(driver, "04-notice-explained")
+    shot(driver, "04-notice-explained")
     pages["notice"] = driver.page_source
 
     approve, reject = _pending(server, 2)
-    html = _open_in_airflow(driver, server, "renkei-review")
-    _shot(driver, "05-review-before")
+    html = open_in_airflow(driver, server, "renkei-review")
+    shot(driver, "05-review-before")
     pages["review"] = html
     for item, button, comment in ((approve, "approve", "UIテスト: 登録情報と一致を確認"),
                                   (reject, "reject", "UI test: department to correct the record")):
-        row = _wait(driver, ec.presence_of_element_located((By.ID, f"item-{item['item_id']}")), "the item row")
+        row = wait(driver, ec.presence_of_element_located((By.ID, f"item-{item['item_id']}")), "the item row")
         row.find_element(By.NAME, "comment").send_keys(comment)
         row.find_element(By.CSS_SELECTOR, f"button.{button}").click()
         # The form posts and the page reloads: until it has, #flash may still be the previous
         # item's (or go stale under the reload). Wait for this item's own confirmation.
-        flash = _wait(driver, _flash_naming(item["item_id"]), f"the {button} confirmation")
+        flash = wait(driver, _flash_naming(item["item_id"]), f"the {button} confirmation")
         assert item["item_id"] in flash and "pending application" in flash
-    _shot(driver, "06-review-requested")
+    shot(driver, "06-review-requested")
     pages["review-requested"] = driver.page_source
 
     applied = server.wait_applied([approve["item_id"], reject["item_id"]])
     assert [r["state"] for r in applied] == ["applied", "applied"], [r["outcome"] for r in applied]
-    html = _open_in_airflow(driver, server, "renkei-review")
+    html = open_in_airflow(driver, server, "renkei-review")
     for item, state in ((approve, "approved"), (reject, "rejected")):
         row = driver.find_element(By.ID, f"item-{item['item_id']}")
         assert (row.get_attribute("data-state"), row.get_attribute("data-request")) == (state, "")
-    _shot(driver, "07-review-applied")
+    shot(driver, "07-review-applied")
     pages["review-after"] = html
 
     rows = {r["item_id"]: r for r in server.review_rows()}
@@ -405,18 +343,11 @@ def test_the_trends_page_draws_the_warehouse_counts_in_the_browser(server, brows
     """The trends page in Chromium: every chart is an inline SVG that is displayed, and its bars
     carry the warehouse's counts (read here with sqlite3, not through renkei.ui.data)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
 
     driver = browser
     driver.switch_to.default_content()
     logged_in_here = not driver.get_cookie("_token")  # the queue test may have logged in already
-    if logged_in_here:
-        driver.get(f"{server.url}/auth/login?next=/")
-        user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
-        user.send_keys("viewer")
-        driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["viewer"])
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+    logged_in(driver, server)
 
     def counts():
         """Per source its last 20 finished runs' (read, rejected); notices per service; active items per state."""
@@ -432,7 +363,7 @@ def test_the_trends_page_draws_the_warehouse_counts_in_the_browser(server, brows
     try:
         for _ in range(3):  # the stack's own ingest sweeps may finish a run while the page loads: read again
             before = counts()
-            html = _open_in_airflow(driver, server, "renkei-trends")
+            html = open_in_airflow(driver, server, "renkei-trends")
             if counts() == before:
                 break
         runs, notices, items = before
@@ -440,7 +371,7 @@ def test_the_trends_page_draws_the_warehouse_counts_in_the_browser(server, brows
         assert len(charts) == 3 + 2 * len(runs), len(charts)  # overview, notices, review + 2 per source
         for svg in charts:
             assert svg.is_displayed() and svg.size["width"] > 300 and svg.size["height"] > 100, svg.get_attribute("id")
-        _shot(driver, "10-trends")
+        shot(driver, "10-trends")
 
         def values(css: str, series: str | None = None) -> list[float]:
             return [float(e.get_attribute("data-value")) for e in driver.find_elements(By.CSS_SELECTOR, css)
@@ -458,7 +389,7 @@ def test_the_trends_page_draws_the_warehouse_counts_in_the_browser(server, brows
         assert per_service == {s: float(n) for s, n in notices.items()}
         review = driver.find_element(By.ID, "review-by-age")
         driver.execute_script("arguments[0].scrollIntoView()", review)
-        _shot(driver, "11-trends-notices-review")
+        shot(driver, "11-trends-notices-review")
         ages = {(b.get_attribute("data-series").split()[-1], b.get_attribute("data-category"))
                 for b in review.find_elements(By.CSS_SELECTOR, "rect.bar") if float(b.get_attribute("data-value"))}
         assert {age for _, age in ages} <= {"<1 日 day"}  # the one link build found them all minutes ago

@@ -13,21 +13,17 @@ source's run, searchable, each row opening its page. Screenshots go to $RENKEI_A
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from ui_stack import REPO, launch, need_tool
+from browser import chromium, logged_in, shot, wait
+from ui_stack import launch
 
 pytestmark = [pytest.mark.ui, pytest.mark.airflow]
 
-ARTIFACTS = Path(os.environ.get("RENKEI_ARTIFACTS", REPO / "tests" / "artifacts" / "ui"))
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-WAIT_S = 60
 DOCS_LINK = re.compile(r'href="(/renkei/datadocs/validations/([^/"]+)/[^"]+\.html)"')
 INDEX_ROWS = "table.ge-index-page-validation-results-table tbody tr.clickable-row"
 
@@ -51,59 +47,8 @@ def http(server):
 def offline_browser(tmp_path_factory):
     """Headless Chromium that can reach 127.0.0.1 only: no DNS for any other host, and any
     other request goes to a proxy port where nothing listens."""
-    need_tool("Chromium", CHROMIUM)
-    need_tool("chromedriver", CHROMEDRIVER)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never fetch a browser
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1",
-                 "--window-size=1400,1000", "--lang=ja", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(WAIT_S)
-    driver.set_script_timeout(WAIT_S)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium"), window="1400,1000", offline=True) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def _wait(driver, condition, what: str):
-    from selenium.common.exceptions import TimeoutException, WebDriverException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, WAIT_S, ignored_exceptions=(WebDriverException,)).until(condition)
-    except TimeoutException:
-        pytest.fail(f"browser: {what} did not happen within {WAIT_S}s (url {driver.current_url})")
-
-
-def _shot(driver, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
-    return path
-
-
-def _login(driver, server) -> None:
-    """Sign in as viewer (once per browser: the session cookie stays)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-
-    if driver.get_cookie("_token"):
-        return
-    driver.get(f"{server.url}/auth/login?next=/")
-    user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
-    user.send_keys("viewer")
-    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["viewer"])
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
 
 
 def _open_validation_page(driver, server, source: str) -> None:
@@ -112,11 +57,11 @@ def _open_validation_page(driver, server, source: str) -> None:
     from selenium.webdriver.support import expected_conditions as ec
 
     driver.get(f"{server.url}/renkei/runs")
-    link = _wait(driver, ec.presence_of_element_located(
+    link = wait(driver, ec.presence_of_element_located(
         (By.XPATH, f"//table[@id='sources']//tr[td[1]='{source}']//a[contains(@class, 'data-docs')]")),
         f"{source}'s Data Docs link")
     link.click()
-    _wait(driver, lambda d: "/renkei/datadocs/validations/" in d.current_url
+    wait(driver, lambda d: "/renkei/datadocs/validations/" in d.current_url
           and d.execute_script("return document.readyState") == "complete", "the Data Docs page")
 
 
@@ -160,7 +105,7 @@ def test_a_data_docs_page_renders_with_the_network_cut_off(server, offline_brows
     from selenium.webdriver.support import expected_conditions as ec
 
     driver = offline_browser
-    _login(driver, server)
+    logged_in(driver, server)
 
     # Positive control: the browser really cannot reach a CDN.
     reached = driver.execute_async_script(
@@ -170,14 +115,14 @@ def test_a_data_docs_page_renders_with_the_network_cut_off(server, offline_brows
 
     driver.get(f"{server.url}/renkei/runs")
     # immunization: the source with the most seeded defects, so its page has failed expectations to show
-    link = _wait(driver, ec.presence_of_element_located(
+    link = wait(driver, ec.presence_of_element_located(
         (By.XPATH, "//table[@id='sources']//tr[td[1]='immunization']//a[contains(@class, 'data-docs')]")),
         "immunization's Data Docs link")
-    _shot(driver, "datadocs-00-runs-link")
+    shot(driver, "datadocs-00-runs-link")
     link.click()
-    _wait(driver, lambda d: "/renkei/datadocs/validations/" in d.current_url
+    wait(driver, lambda d: "/renkei/datadocs/validations/" in d.current_url
           and d.execute_script("return document.readyState") == "complete", "the Data Docs page")
-    _wait(driver, lambda d: d.execute_script("return document.fonts.status") == "loaded", "the page's fonts")
+    wait(driver, lambda d: d.execute_script("return document.fonts.status") == "loaded", "the page's fonts")
     state = driver.execute_script("""
         const style = (sel, prop) => { const el = document.querySelector(sel); return el && getComputedStyle(el)[prop]; };
         const icon = document.querySelector('i.fas, i.fa');
@@ -194,7 +139,7 @@ def test_a_data_docs_page_renders_with_the_network_cut_off(server, offline_brows
           chart_blocks: document.querySelectorAll('[id$="-graph"], .vega-embed').length,
           resources: performance.getEntriesByType('resource').map(r => r.name),
         };""")
-    shot = _shot(driver, "datadocs-01-validation-offline")
+    picture = shot(driver, "datadocs-01-validation-offline")
     assert state["title"], "the page did not render GX's validation result"
     assert state["navbar_display"] == "flex", f"Bootstrap's CSS is not applied ({state['navbar_display']})"
     assert state["badge_radius"] not in (None, "0px"), "Bootstrap's badge style is not applied"
@@ -207,17 +152,17 @@ def test_a_data_docs_page_renders_with_the_network_cut_off(server, offline_brows
     assert not outside, f"the page requested {outside}"
     assert any("/static/offline/bootstrap/" in r for r in state["resources"])
     assert not server.leaks(driver.page_source)
-    assert shot.stat().st_size > 20_000
+    assert picture.stat().st_size > 20_000
 
     # GX's own "Failed Only" filter (its inline script, jQuery's animations) works offline too:
     # the passing expectations' rows fade out, the failing ones stay.
     passing = "$('.hide-succeeded-validation-target-child').parent()"
     assert driver.execute_script(f"return {passing}.filter(':visible').length") > 0
     driver.find_element(By.XPATH, "//label[contains(., 'Failed Only')]").click()
-    _wait(driver, lambda d: d.execute_script(f"return {passing}.filter(':visible').length") == 0,
+    wait(driver, lambda d: d.execute_script(f"return {passing}.filter(':visible').length") == 0,
           "the passing expectations to be hidden")
     assert driver.execute_script("return $('i.fa-times:visible').length") > 0  # immunization has seeded defects
-    _shot(driver, "datadocs-02-validation-failed-only")
+    shot(driver, "datadocs-02-validation-failed-only")
 
 
 def test_the_data_docs_index_lists_every_run_with_the_network_cut_off(server, offline_browser):
@@ -226,14 +171,14 @@ def test_the_data_docs_index_lists_every_run_with_the_network_cut_off(server, of
     from selenium.webdriver.support import expected_conditions as ec
 
     driver = offline_browser
-    _login(driver, server)
+    logged_in(driver, server)
     _open_validation_page(driver, server, "immunization")
-    home = _wait(driver, ec.element_to_be_clickable(
+    home = wait(driver, ec.element_to_be_clickable(
         (By.XPATH, "//ol[contains(@class, 'ge-breadcrumbs')]//a[normalize-space()='Home']")), "GX's Home link")
     home.click()
-    _wait(driver, lambda d: urlsplit(d.current_url).path == "/renkei/datadocs/index.html"
+    wait(driver, lambda d: urlsplit(d.current_url).path == "/renkei/datadocs/index.html"
           and d.execute_script("return document.readyState") == "complete", "the Data Docs index")
-    _wait(driver, lambda d: d.execute_script(f"return document.querySelectorAll('{INDEX_ROWS}').length") > 0,
+    wait(driver, lambda d: d.execute_script(f"return document.querySelectorAll('{INDEX_ROWS}').length") > 0,
           "the index table's rows")
     state = driver.execute_script(f"""
         const table = jQuery('table.ge-index-page-validation-results-table');
@@ -245,7 +190,7 @@ def test_the_data_docs_index_lists_every_run_with_the_network_cut_off(server, of
           empty: document.querySelectorAll('.ge-index-page-validation-results-table .no-records-found').length,
           resources: performance.getEntriesByType('resource').map(r => r.name),
         }};""")
-    _shot(driver, "datadocs-03-index-offline")
+    shot(driver, "datadocs-03-index-offline")
     assert state["bootstrap_table"] == "function" and state["filter_control"] > 0
     assert state["rows"] and not state["empty"]
     # a result per ingest run and source: every source that ran is listed, with a link to its page
@@ -261,11 +206,11 @@ def test_the_data_docs_index_lists_every_run_with_the_network_cut_off(server, of
     # The table's own search (bootstrap-table) narrows it to one source; a row opens its page.
     search = driver.find_element(By.CSS_SELECTOR, ".bootstrap-table .fixed-table-toolbar input.search-input")
     search.send_keys("immunization")
-    _wait(driver, lambda d: {h.split("/")[1] for h in d.execute_script(
+    wait(driver, lambda d: {h.split("/")[1] for h in d.execute_script(
         f"return [...document.querySelectorAll('{INDEX_ROWS}')].map(r => r.dataset.href)")} == {"immunization"},
           "the search to leave immunization's rows only")
-    _shot(driver, "datadocs-04-index-searched")
+    shot(driver, "datadocs-04-index-searched")
     driver.find_element(By.CSS_SELECTOR, INDEX_ROWS).click()
-    _wait(driver, lambda d: re.search(r"/renkei/datadocs/validations/immunization/.+/immunization\.html$",
+    wait(driver, lambda d: re.search(r"/renkei/datadocs/validations/immunization/.+/immunization\.html$",
                                       urlsplit(d.current_url).path)
           and "Expectation Validation Result" in d.find_element(By.TAG_NAME, "body").text, "immunization's page")

@@ -9,7 +9,7 @@ import sqlite3
 from collections import Counter
 
 import pytest
-from test_ui import _open_in_airflow, _shot, _wait, browser  # noqa: F401 - browser: the shared fixture
+from browser import browser, login, open_in_airflow, shot, wait  # noqa: F401 - browser: the fixture
 from ui_stack import launch
 
 pytestmark = [pytest.mark.ui, pytest.mark.airflow]
@@ -59,16 +59,11 @@ def test_a_viewer_opens_the_summary_from_the_queue_in_the_browser(server, browse
     from selenium.webdriver.support import expected_conditions as ec
 
     driver = browser
-    driver.get(f"{server.url}/auth/login?next=/")
-    user = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=username]")), "the login form")
-    user.send_keys("viewer")
-    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(server.passwords["viewer"])
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _wait(driver, lambda d: d.get_cookie("_token") and "/auth/login" not in d.current_url, "the login")
+    login(driver, server)
 
-    _open_in_airflow(driver, server, "renkei-review")
+    open_in_airflow(driver, server, "renkei-review")
     driver.find_element(By.ID, "summary-link").click()
-    _wait(driver, ec.presence_of_element_located((By.ID, "by-department")), "the summary page")
+    wait(driver, ec.presence_of_element_located((By.ID, "by-department")), "the summary page")
     assert "Review summary" in driver.find_element(By.CSS_SELECTOR, "main h1").text
     by_dept, _ = _by_sql(server)
     for (dept, col), n in by_dept.items():
@@ -76,5 +71,5 @@ def test_a_viewer_opens_the_summary_from_the_queue_in_the_browser(server, browse
         assert cell.text == str(n), (dept, col)
     assert driver.find_element(By.ID, "total-items").text == str(sum(by_dept.values()))
     assert driver.find_elements(By.CSS_SELECTOR, '#waiting tr[data-key="all"]')
-    _shot(driver, "20-review-summary")
+    shot(driver, "20-review-summary")
     assert not server.leaks(driver.page_source)
