@@ -3,7 +3,8 @@
 A build first lets a wave of changes settle: it waits (at most RENKEI_LINK_SETTLE_S, 5 s) while a
 sibling ingest is between extract and load; in a city's first load, while a source that never
 loaded a row is being ingested, the run is skipped — that ingest's load starts the build that
-links the city (renkei.linkage.settle). Set-based SQL over staging
+links the city (renkei.linkage.settle); a run whose staging events the build before already
+consumed builds nothing and is skipped (no mart event, so no services run). Set-based SQL over staging
 (renkei.linkage.mart): residents, counted doses, which departments
 contributed, and department copies that disagree with the registry. Emits renkei_mart_residents.
 Each build appends a `linkage_run` entry (counts, key versions) to the audit trail.
@@ -48,7 +49,12 @@ def link_residents():
             raise AirflowSkipException(f"the first loads of {', '.join(arriving)} are running; "
                                        "the build after them links the city")
         wait_for_ingests(url, settle_seconds())  # one build for a wave of changes across sources
-        counts = run_build(url, as_of, run)
+        # A run queued by a staging event the build before already consumed: nothing to link, and
+        # no mart event (so no services run). A run started by hand builds.
+        by_event = context["dag_run"].run_type == "asset_triggered"
+        counts = run_build(url, as_of, run, skip_unchanged=by_event)
+        if counts["mode"] == "unchanged":
+            raise AirflowSkipException(f"no ingest run since build {counts['build_seq']}: the mart is unchanged")
         record_linkage_run(url, run, as_of, counts)
         context["outlet_events"][MART_RESIDENTS].extra = counts
         return counts

@@ -27,7 +27,7 @@ from renkei.config import ingest_sources, load_sources
 from renkei.keys.adapter import convert_row, now_jst, pseudonymize, raw_location
 from renkei.linkage.mart import build_mart
 from renkei.outputs.outbox import run_services
-from renkei.warehouse import engine, staging_deleted, staging_table
+from renkei.warehouse import engine, ingest_runs, link_builds, staging_deleted, staging_table
 
 AS_OF = date(2025, 6, 1)
 RESIDENTS = 1500
@@ -373,6 +373,26 @@ def test_date_events_and_no_change(both, tmp_path):
     nxt = AS_OF + timedelta(days=1)
     assert build_mart(url, nxt, "link/next-day")["mode"] == "full"  # ages move with the date
     assert run_services(url, nxt, "services/next-day")["mode"] == "full"
+
+
+def test_a_build_started_by_a_consumed_event_builds_nothing(both, tmp_path):
+    """link_residents asks skip_unchanged on an asset-triggered run: with no ingest run since the
+    last build (its staging event belonged to a wave that build settled for) nothing is built. A
+    new ingest run, or a new evaluation date, builds."""
+    url = _own_copy(both, "url", tmp_path)
+    before = _scalars(url, sa.select(link_builds.c.seq))
+    assert build_mart(url, AS_OF, "link/consumed", skip_unchanged=True) == {
+        "mode": "unchanged", "build_seq": max(before), "residents_touched": 0}
+    assert _scalars(url, sa.select(link_builds.c.seq)) == before
+    eng = engine(url)
+    with eng.begin() as conn:  # a load of nothing new is still a run the mart has not consumed
+        conn.execute(ingest_runs.insert().values(run_id="ingest/empty-sweep", source="nhi", state="loaded", loaded=0,
+                                                 updated_at="2026-12-05T09:00:00+09:00"))
+    eng.dispose()
+    again = build_mart(url, AS_OF, "link/after-sweep", skip_unchanged=True)
+    assert (again["mode"], again["build_seq"]) == ("incremental", max(before) + 1)
+    assert build_mart(url, AS_OF, "link/consumed-2", skip_unchanged=True)["mode"] == "unchanged"
+    assert build_mart(url, AS_OF + timedelta(days=1), "link/next-day", skip_unchanged=True)["mode"] == "full"
 
 
 def test_a_full_run_in_parts_equals_one_pass(both):

@@ -48,7 +48,7 @@ from renkei.warehouse import (
 
 log = logging.getLogger(__name__)
 ATTRIBUTE_SOURCES = ("immunization", "child_health", "nhi")  # carry a copy of birth date/sex
-FULL, INCREMENTAL = "full", "incremental"
+FULL, INCREMENTAL, UNCHANGED = "full", "incremental", "unchanged"
 
 
 def _day_bounds(on: date) -> tuple[str, str]:
@@ -212,11 +212,15 @@ def mart_lost(conn: sa.Connection) -> bool:
             and conn.execute(sa.select(reg.c.erk).where(reg.c.erk.is_not(None)).limit(1)).first() is not None)
 
 
-def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None = None) -> dict:
+def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None = None,
+               skip_unchanged: bool = False) -> dict:
     """Build the mart for evaluation date ``as_of``; returns counts.
 
     Incremental when the previous build had the same ``as_of`` and audit grace (``full=True``
     forces a full build); ``mode`` and ``residents_touched`` in the counts say which it was.
+    ``skip_unchanged``: when such a build would have no ingest run to consume (the build before
+    took them all: a run queued by a staging event of a wave the build before settled for), build
+    nothing and return ``{"mode": "unchanged", "build_seq": <the previous build>}``.
     """
     srcs = load_sources()
     eng = engine(warehouse_url)
@@ -224,61 +228,68 @@ def build_mart(warehouse_url: str, as_of: date, run_id: str, full: bool | None =
     grace = move_grace_days()
     # One snapshot on PostgreSQL: the ingest runs read first are exactly those whose rows the
     # build sees, so a run committing meanwhile is left whole to the next build.
-    with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
-        hold_link_key(conn)  # first statement: no build while ERKs are re-sealed (renkei.keys.rotation)
-        bulk.tune(conn)
-        prev = _previous_build(conn)
-        seq = (prev.seq if prev else 0) + 1
-        runs = changes.new_ingest_runs(conn)
-        incremental = (
-            full is not True and prev is not None and prev.as_of == as_of and prev.grace_days == grace
-            # a source's first load: audited and evaluated for everyone (renkei.linkage.audit)
-            and not audit.first_loads(conn, runs)
-        )
-        if incremental and mart_lost(conn):
-            log.warning("link_residents: the mart is empty but staging is not (the warehouse restarted since "
-                        "build %d?): building in full", prev.seq)
-            incremental = False
-        if incremental:
-            scope = _Scope(seq)
-            affected = changes.affected_erks(srcs, runs)
-            if affected is not None:
-                u = affected.subquery()
-                conn.execute(sa.insert(mart_changes).from_select(
-                    ["build_seq", "erk"], sa.select(sa.literal(seq), u.c.erk).where(u.c.erk.is_not(None))))
-            bulk.analyze(conn, [mart_changes])  # the restricted queries below plan on its real size
-            touched = conn.execute(
-                sa.select(sa.func.count()).select_from(mart_changes).where(mart_changes.c.build_seq == seq)
-            ).scalar_one()
-            if touched:
-                for t in MART_TABLES:
-                    conn.execute(t.delete().where(scope.on(t.c.erk)))
-                _fill(conn, srcs, as_of, run_id, scope)
-            audited = _audit_and_flag(conn, as_of, run_id, grace, scope.erks())
-        else:
-            conn.execute(mart_changes.delete())  # the next services run evaluates everyone anyway
-            with bulk.refilled(conn, MART_TABLES):
-                _fill(conn, srcs, as_of, run_id, _Scope(None))
-                audited = _audit_and_flag(conn, as_of, run_id, grace, None)
-            touched = None
-        mode = INCREMENTAL if incremental else FULL
+    try:
+        with eng.connect().execution_options(**snapshot_options(eng)) as conn, conn.begin():
+            hold_link_key(conn)  # first statement: no build while ERKs are re-sealed (renkei.keys.rotation)
+            bulk.tune(conn)
+            prev = _previous_build(conn)
+            seq = (prev.seq if prev else 0) + 1
+            runs = changes.new_ingest_runs(conn)
+            incremental = (
+                full is not True and prev is not None and prev.as_of == as_of and prev.grace_days == grace
+                # a source's first load: audited and evaluated for everyone (renkei.linkage.audit)
+                and not audit.first_loads(conn, runs)
+            )
+            if incremental and mart_lost(conn):
+                log.warning("link_residents: the mart is empty but staging is not (the warehouse restarted since "
+                            "build %d?): building in full", prev.seq)
+                incremental = False
+            if incremental and skip_unchanged and not runs:
+                log.info("link_residents: no ingest run since build %d: the mart is unchanged", prev.seq)
+                return {"mode": UNCHANGED, "build_seq": prev.seq, "residents_touched": 0}
+            if incremental:
+                scope = _Scope(seq)
+                affected = changes.affected_erks(srcs, runs)
+                if affected is not None:
+                    u = affected.subquery()
+                    conn.execute(sa.insert(mart_changes).from_select(
+                        ["build_seq", "erk"], sa.select(sa.literal(seq), u.c.erk).where(u.c.erk.is_not(None))))
+                bulk.analyze(conn, [mart_changes])  # the restricted queries below plan on its real size
+                touched = conn.execute(
+                    sa.select(sa.func.count()).select_from(mart_changes).where(mart_changes.c.build_seq == seq)
+                ).scalar_one()
+                if touched:
+                    for t in MART_TABLES:
+                        conn.execute(t.delete().where(scope.on(t.c.erk)))
+                    _fill(conn, srcs, as_of, run_id, scope)
+                audited = _audit_and_flag(conn, as_of, run_id, grace, scope.erks())
+            else:
+                conn.execute(mart_changes.delete())  # the next services run evaluates everyone anyway
+                with bulk.refilled(conn, MART_TABLES):
+                    _fill(conn, srcs, as_of, run_id, _Scope(None))
+                    audited = _audit_and_flag(conn, as_of, run_id, grace, None)
+                touched = None
+            mode = INCREMENTAL if incremental else FULL
 
-        # a stable notice identity for ERKs new to the mart (an incremental build: only its own)
-        assign_subjects(conn, run_id, among=_Scope(seq).erks() if incremental else None)
-        # One pass over the mart for both totals (a million rows at city scale).
-        residents, linked = conn.execute(sa.select(
-            sa.func.count(), sa.func.count(sa.case((mart_residents.c.departments > 1, 1)))).select_from(mart_residents)).one()
-        touched = residents if touched is None else touched
-        changes.consume(conn, runs, seq)
-        conn.execute(sa.insert(link_builds).values(
-            seq=seq, run_id=run_id, as_of=as_of, grace_days=grace, mode=mode, residents_touched=touched,
-            built_at=format_timestamp(datetime.now(timezone.utc)),
-        ))
-        flags = dict(conn.execute(sa.select(link_flags.c.reason, sa.func.count()).group_by(link_flags.c.reason)).all())
-        unlinked = conn.execute(
-            sa.select(sa.func.count(sa.distinct(linkage.c.erk))).where(linkage.c.in_registry.is_(False))
-        ).scalar_one()
-    eng.dispose()
+            # a stable notice identity for ERKs new to the mart (an incremental build: only its own)
+            assign_subjects(conn, run_id, among=_Scope(seq).erks() if incremental else None)
+            # One pass over the mart for both totals (a million rows at city scale).
+            residents, linked = conn.execute(sa.select(
+                sa.func.count(), sa.func.count(sa.case((mart_residents.c.departments > 1, 1))),
+            ).select_from(mart_residents)).one()
+            touched = residents if touched is None else touched
+            changes.consume(conn, runs, seq)
+            conn.execute(sa.insert(link_builds).values(
+                seq=seq, run_id=run_id, as_of=as_of, grace_days=grace, mode=mode, residents_touched=touched,
+                built_at=format_timestamp(datetime.now(timezone.utc)),
+            ))
+            flags = dict(conn.execute(
+                sa.select(link_flags.c.reason, sa.func.count()).group_by(link_flags.c.reason)).all())
+            unlinked = conn.execute(
+                sa.select(sa.func.count(sa.distinct(linkage.c.erk))).where(linkage.c.in_registry.is_(False))
+            ).scalar_one()
+    finally:
+        eng.dispose()
     counts = {"residents": residents, "linked": linked, "unregistered_erks": unlinked, "flags": flags, "audit": audited,
               "mode": mode, "residents_touched": touched, "build_seq": seq}
     log.info("link_residents: %s", counts)
