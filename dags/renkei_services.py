@@ -5,7 +5,9 @@ calendar even when no data changed. Notice ids are deterministic, so a re-run ad
 
 plan → evaluate (mapped: a full run on PostgreSQL is split by ERK hash into
 RENKEI_SERVICES_PARTS parts that run side by side; each writes its own new notices) → record
-(once every part succeeded: the base of the next incremental run). Emits renkei_outbox_notices
+(once every part succeeded: the base of the next incremental run). A one-part run (incremental,
+or any on SQLite) is evaluated and recorded by plan itself; evaluate and record are then skipped
+(renkei.outputs.services_run). Emits renkei_outbox_notices
 with the counts — after storing a contact token for each newly notified resident
 (renkei.outputs.contacts: what delivery opens instead of the ERK), so a delivery run that the
 asset starts finds every token it needs. Each run appends a `notice_published` entry (counts, new notice ids) to the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from renkei.assets import MART_RESIDENTS, OUTBOX_NOTICES
+from renkei.assets import MART_RESIDENTS, OUTBOX_NOTICES, OUTBOX_NOTICES_WHEN_DONE
 
 
 @dag(
@@ -31,15 +33,23 @@ from renkei.assets import MART_RESIDENTS, OUTBOX_NOTICES
     doc_md=__doc__,
 )
 def proactive_services():
-    @task
+    @task(outlets=[OUTBOX_NOTICES_WHEN_DONE])
     def plan(**context) -> list[dict]:
-        """One item per part to evaluate, each carrying the whole plan (counts and ids only)."""
-        from renkei.outputs.outbox import plan_services
+        """One item per part to evaluate, each carrying the whole plan (counts and ids only). A
+        one-part run (incremental, or any on SQLite) is evaluated and recorded right here — two
+        task starts fewer between a change and its notice: it maps evaluate over no part (so
+        evaluate and record are skipped) and emits renkei_outbox_notices through its alias."""
+        from renkei.outputs.outbox import evaluate_part, plan_services
+        from renkei.outputs.services_run import finish_run
         from renkei.runctx import evaluation_date, run_key
         from renkei.settings import Settings, services_parts
 
-        planned = plan_services(Settings.from_env().warehouse_url, evaluation_date(context), run_key(context),
-                                parts=services_parts())
+        url = Settings.from_env().warehouse_url
+        planned = plan_services(url, evaluation_date(context), run_key(context), parts=services_parts())
+        if planned["parts"] == 1:
+            counts = finish_run(url, planned, [evaluate_part(url, planned, 0)])
+            context["outlet_events"][OUTBOX_NOTICES_WHEN_DONE].add(OUTBOX_NOTICES, extra=counts)
+            return []
         return [{"index": i, "plan": planned} for i in range(planned["parts"])]
 
     @task
@@ -51,20 +61,10 @@ def proactive_services():
 
     @task(outlets=[OUTBOX_NOTICES])
     def record(parts: list[dict], evaluated: list[dict], **context) -> dict:
-        from datetime import date
-
-        from renkei.audit.records import record_notices_published
-        from renkei.keys.ring import KeyRing
-        from renkei.outputs.contacts import seal_contacts
-        from renkei.outputs.outbox import record_services
+        from renkei.outputs.services_run import finish_run
         from renkei.settings import Settings
 
-        planned = parts[0]["plan"]
-        url = Settings.from_env().warehouse_url
-        counts = record_services(url, planned, list(evaluated))
-        ring = KeyRing.load()
-        record_notices_published(url, planned["run_id"], date.fromisoformat(planned["as_of"]), counts, ring=ring)
-        counts["contacts"] = seal_contacts(url, ring)
+        counts = finish_run(Settings.from_env().warehouse_url, parts[0]["plan"], list(evaluated))
         context["outlet_events"][OUTBOX_NOTICES].extra = counts
         return counts
 

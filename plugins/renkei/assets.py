@@ -5,7 +5,7 @@ Imported only by DAG files (it needs Airflow's task SDK); the rest of the packag
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, AssetWatcher
+from airflow.sdk import Asset, AssetAlias, AssetWatcher
 
 
 def staging(source: str) -> Asset:
@@ -27,3 +27,7 @@ def changes(source: str) -> Asset:
 
 MART_RESIDENTS = Asset(name="renkei_mart_residents", uri="renkei://warehouse/mart/residents", group="renkei")
 OUTBOX_NOTICES = Asset(name="renkei_outbox_notices", uri="renkei://warehouse/outbox/notices", group="renkei")
+# A task that updates the outbox only in some runs (proactive_services.plan, when it evaluates a
+# one-part run itself) declares this alias and adds OUTBOX_NOTICES to it when it did: an alias
+# emits nothing when nothing was added, a declared asset would emit on every success.
+OUTBOX_NOTICES_WHEN_DONE = AssetAlias(name="renkei_outbox_notices_when_done", group="renkei")

@@ -33,6 +33,7 @@ MODULES = (
     "renkei.outputs.outbox",
     "renkei.outputs.relay",
     "renkei.outputs.contacts",
+    "renkei.outputs.services_run",
     "renkei.audit.records",
     "renkei.delivery.deliver",
 )

@@ -153,6 +153,29 @@ def test_change_events_drive_the_chain_to_the_stream(stack):
     _wait(stack, "the newborn's notices on the stream", lambda: ids <= set(stack.stream_notice_ids()))
     on_stream = stack.stream_notice_ids()
     assert sorted(n for n in on_stream if n in ids) == sorted(ids), "a notice was published to the stream twice"
+    _assert_one_outbox_event_per_services_run(stack)
+
+
+def _assert_one_outbox_event_per_services_run(stack) -> None:
+    """Each services run emits renkei_outbox_notices once: from plan when it evaluated a one-part
+    run itself (evaluate and record then skipped), else from record. The newborn's run is an
+    incremental one: at least one run took plan's way."""
+    import sqlalchemy as sa
+
+    with stack._airflow().connect() as conn:
+        emitted = {(r.source_run_id, r.source_task_id) for r in conn.execute(sa.text(
+            "SELECT e.source_run_id, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = 'renkei_outbox_notices' AND e.source_dag_id = 'proactive_services'"))}
+    inline = 0
+    for run_id, state in stack.dag_runs("proactive_services"):
+        if state != "success":
+            continue
+        tasks = {ti["task_id"]: ti["state"] for ti in stack.task_instances("proactive_services", run_id)}
+        by = "plan" if tasks["record"] == "skipped" else "record"
+        inline += by == "plan"
+        assert (by == "plan") == (tasks["evaluate"] == "skipped"), (run_id, tasks)
+        assert {t for r, t in emitted if r == run_id} == {by}, (run_id, tasks, emitted)
+    assert inline, "no services run was evaluated by plan itself (an incremental run should be)"
 
 
 def test_only_the_scheduler_preloads_the_task_modules(stack):
