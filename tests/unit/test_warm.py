@@ -53,3 +53,41 @@ def test_other_processes_and_the_off_switch_import_nothing(argv, env):
     imported, said = _run(argv, **env)
     assert imported == []
     assert "renkei preload" not in said
+
+
+@pytest.mark.parametrize("docs", ["on", "off"])
+def test_a_preloading_process_compiles_the_data_docs_templates_once(docs, tmp_path):
+    """Its forks render Data Docs without compiling GX's templates (each build did: seconds of
+    every extract); none when Data Docs are off. The count is of bytecode in the shared cache."""
+    code = (
+        "from renkei.warm import preload; preload(['airflow', 'scheduler'], 'LocalExecutor'); "
+        "from renkei.quality import datadocs; "
+        "print(len(datadocs._TEMPLATES.cache.code) if datadocs._TEMPLATES else 0)"
+    )
+    where = str(tmp_path / "dd") if docs == "on" else "off"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True,
+                          env={**os.environ, "RENKEI_PRELOAD": "on", "RENKEI_DATA_DOCS": where})
+    compiled = int(done.stdout.split()[-1])
+    if docs == "off":
+        assert compiled == 0 and "and 0 Data Docs templates" in done.stderr
+    else:
+        assert compiled >= 30, done.stderr  # GX 1.x ships 42 page templates
+        assert f"and {compiled} Data Docs templates" in done.stderr
+
+
+def test_shared_bytecode_renders_the_same_page_without_compiling(monkeypatch):
+    """A second GX page view (a new Jinja environment, as GX makes per view) loads its templates
+    from the shared bytecode: no compile, and the same rendered text."""
+    import jinja2
+    from great_expectations.render.view.view import DefaultJinjaPageView
+
+    from renkei.quality import datadocs
+
+    plain = DefaultJinjaPageView().env.get_template("markdown.j2").render(content_block={"markdown": "**x**"})
+    datadocs.share_compiled_templates()
+    DefaultJinjaPageView().env.get_template("markdown.j2")  # compiled once into the shared cache
+    compiled = []
+    real = jinja2.Environment._compile
+    monkeypatch.setattr(jinja2.Environment, "_compile", lambda self, *a: compiled.append(a[1]) or real(self, *a))
+    shared = DefaultJinjaPageView().env.get_template("markdown.j2").render(content_block={"markdown": "**x**"})
+    assert compiled == [] and shared == plain

@@ -202,6 +202,71 @@ def _context(where: str) -> Any:
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
+class _CompiledTemplates:
+    """Jinja bytecode of GX's page templates, kept in memory and shared by every environment of
+    this process. GX makes a new Jinja environment for each page view it renders, so each build
+    compiled every template again: most of a Data Docs build's CPU, in the extract's critical
+    path. Warmed in a process that forks tasks (renkei.warm), the forks inherit the bytecode."""
+
+    def __init__(self) -> None:
+        import jinja2  # noqa: PLC0415
+
+        class Cache(jinja2.BytecodeCache):
+            def __init__(self) -> None:
+                self.code: dict[str, bytes] = {}
+
+            def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+                # the bucket checks the template source's checksum: a changed template compiles anew
+                if bucket.key in self.code:
+                    bucket.bytecode_from_string(self.code[bucket.key])
+
+            def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+                self.code[bucket.key] = bucket.bytecode_to_string()
+
+        self.cache = Cache()
+
+    def install(self) -> None:
+        """Make GX's page views build their Jinja environments with the shared bytecode (once)."""
+        import great_expectations.render.view.view as gx_view  # noqa: PLC0415
+
+        if getattr(gx_view.Environment, "renkei_shared", False):
+            return
+        cache, base = self.cache, gx_view.Environment
+
+        class Environment(base):
+            renkei_shared = True
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("bytecode_cache", cache)
+                super().__init__(*args, **kwargs)
+
+        gx_view.Environment = Environment
+
+
+_TEMPLATES: _CompiledTemplates | None = None
+
+
+def share_compiled_templates() -> _CompiledTemplates:
+    """The process's shared template bytecode, installed into GX's page views."""
+    global _TEMPLATES  # noqa: PLW0603 - one per process, inherited by forks
+    if _TEMPLATES is None:
+        _TEMPLATES = _CompiledTemplates()
+    _TEMPLATES.install()
+    return _TEMPLATES
+
+
+def warm_templates() -> int:
+    """Compile every GX page template into the shared bytecode; returns how many."""
+    from great_expectations.render.view.view import DefaultJinjaPageView  # noqa: PLC0415
+
+    share_compiled_templates()
+    env = DefaultJinjaPageView().env
+    names = [n for n in env.list_templates() if n.endswith(".j2")]
+    for name in names:
+        env.get_template(name)
+    return len(names)
+
+
 def _site_builder(context: Any, where: str) -> Any:
     from great_expectations.render.renderer.site_builder import SiteBuilder
 
@@ -261,6 +326,7 @@ def publish(run: RunValidation, suite: Any, where: str | None = None,
         run_identifier = RunIdentifier(run_name=run_name, run_time=now)
         result_id = ValidationResultIdentifier(suite_id, run_identifier, run.source)
         results.set(result_id, run.to_gx(run_identifier))
+        share_compiled_templates()
         builder = _site_builder(context, where)
         pages = builder.target_store.store_backends["static_assets"]  # any file of the site, by path
         for key in earlier:  # the page of an earlier publish of this run
