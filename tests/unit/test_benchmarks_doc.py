@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "BENCHMARKS.md"
 RESULTS = REPO / "bench" / "results"
-MARKED = re.compile(r"(-?[\d,]*\d(?:\.\d+)?)[^\d<]{0,12}<!-- ([\w.-]+\.json) ([\w.\[\]-]+) -->")
+MARKED = re.compile(r"(-?[\d,]*\d(?:\.\d+)?)[^\d<]{0,12}<!-- ([\w./-]+\.json) ([\w.\[\]-]+) -->")
 HEADLINES = {
     "full_run.json": ("wall_s", "baseline_s", "ratio", "peak_rss_mb"),
     "incremental.json": ("wall_s", "changed_records", "new_notices", "withdrawn_notices"),
