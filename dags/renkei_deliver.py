@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 
-import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, dag, task
 
 from renkei.assets import OUTBOX_NOTICES
+from renkei.schedules import cron
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 8-20 * * *", timezone="Asia/Tokyo"), assets=[OUTBOX_NOTICES]
-    ),
-    start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+    schedule=AssetOrTimeSchedule(timetable=cron("0 8-20 * * *"), assets=[OUTBOX_NOTICES]),
     catchup=False,
     max_active_runs=1,
     tags=["renkei", "delivery"],

@@ -15,11 +15,11 @@ Only counts travel through XCom.
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, dag, task
 
 from renkei.assets import changes, staging
 from renkei.config import ingest_sources
+from renkei.schedules import cron
 
 
 def build_ingest_dag(source_name: str, sweep_cron: str):
@@ -27,10 +27,7 @@ def build_ingest_dag(source_name: str, sweep_cron: str):
 
     @dag(
         dag_id=f"ingest_{source_name}",
-        schedule=AssetOrTimeSchedule(
-            timetable=CronTriggerTimetable(sweep_cron, timezone="Asia/Tokyo"), assets=[changes(source_name)]
-        ),
-        start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+        schedule=AssetOrTimeSchedule(timetable=cron(sweep_cron), assets=[changes(source_name)]),
         catchup=False,
         max_active_runs=1,  # runs of one source never fight over its watermark
         tags=["renkei", "ingest", source_name],

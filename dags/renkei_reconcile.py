@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import os
 
-import pendulum
-from airflow.sdk import CronTriggerTimetable, dag, task
+from airflow.sdk import dag, task
 
 from renkei.config import ingest_sources
+from renkei.schedules import cron
 
 
-def build_reconcile_dag(source_name: str, cron: str):
+def build_reconcile_dag(source_name: str, reconcile_cron: str):
     @dag(
         dag_id=f"reconcile_{source_name}",
-        schedule=CronTriggerTimetable(cron, timezone="Asia/Tokyo"),
-        start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+        schedule=cron(reconcile_cron),
         catchup=False,
         max_active_runs=1,
         tags=["renkei", "department", source_name],

@@ -7,10 +7,10 @@ duplicates by notice_id. The task fails while Redis is unreachable (nothing is r
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, dag, task
 
 from renkei.assets import OUTBOX_NOTICES
+from renkei.schedules import cron
 
 # Notices per published batch (one MULTI/EXEC, then one recording transaction): a whole city's
 # first evaluation (~480,000 notices) goes out in 24 pages; one change's few notices in one.
@@ -18,10 +18,7 @@ RELAY_BATCH = 20_000
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("*/5 * * * *", timezone="Asia/Tokyo"), assets=[OUTBOX_NOTICES]
-    ),
-    start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+    schedule=AssetOrTimeSchedule(timetable=cron("*/5 * * * *"), assets=[OUTBOX_NOTICES]),
     catchup=False,
     max_active_runs=1,
     tags=["renkei", "relay"],

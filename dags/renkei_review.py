@@ -11,13 +11,12 @@ e.g. a keyring without the chain key. The next link_residents run honours applie
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import CronTriggerTimetable, dag, task
+from airflow.sdk import dag, task
+from renkei.schedules import cron
 
 
 @dag(
-    schedule=CronTriggerTimetable("* * * * *", timezone="Asia/Tokyo"),
-    start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+    schedule=cron("* * * * *"),
     catchup=False,
     max_active_runs=1,
     tags=["renkei", "review"],

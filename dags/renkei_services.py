@@ -16,17 +16,14 @@ audit trail.
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, dag, task
 
 from renkei.assets import MART_RESIDENTS, OUTBOX_NOTICES, OUTBOX_NOTICES_WHEN_DONE
+from renkei.schedules import cron
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 6 * * *", timezone="Asia/Tokyo"), assets=[MART_RESIDENTS]
-    ),
-    start_date=pendulum.datetime(2024, 1, 1, tz="Asia/Tokyo"),
+    schedule=AssetOrTimeSchedule(timetable=cron("0 6 * * *"), assets=[MART_RESIDENTS]),
     catchup=False,
     max_active_runs=1,
     tags=["renkei", "services"],

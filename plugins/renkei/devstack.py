@@ -222,7 +222,8 @@ class DevStack:
         (e.g. the ``RENKEI_SMTP_*`` of a test SMTP server: the deliver_notices DAG reads them).
         ``delivery``: top-level keys of config/delivery.yaml replaced in the stack's copy (e.g.
         ``{"quiet_hours": {"start": "00:00", "end": "00:00", "timezone": "Asia/Tokyo"}}`` to send
-        at any hour).
+        at any hour). The stack runs each schedule's latest past tick at start
+        (``RENKEI_FIRST_SCHEDULED_RUN=latest``): its sweeps load the city; ``env`` may say ``next``.
         """
         import yaml
 
@@ -279,6 +280,9 @@ class DevStack:
             "RENKEI_CONFIG_DIR": str(cfg_dir),
             "RENKEI_CHANNEL_KIND": "redis_stream",
             "RENKEI_RAW_DIR": str(raw),
+            # The stack loads its city with the start-up sweeps (a deployment's default waits
+            # for each schedule's next tick: renkei.schedules).
+            "RENKEI_FIRST_SCHEDULED_RUN": "latest",
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             **(celery_env(tag, airflow_db) if executor == "CeleryExecutor" else {}),
             **(env or {}),

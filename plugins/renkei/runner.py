@@ -42,6 +42,8 @@ def airflow_env(work: Path, warehouse_url: str, extracts_url: str, keyring: Path
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # A cron DAG sets no start_date (renkei.schedules), so its timezone is the default's.
+        "AIRFLOW__CORE__DEFAULT_TIMEZONE": "Asia/Tokyo",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),

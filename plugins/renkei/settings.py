@@ -52,6 +52,16 @@ def services_parts(env: dict[str, str] | None = None) -> int:
     return parts
 
 
+def first_scheduled_run_latest(env: dict[str, str] | None = None) -> bool:
+    """Whether a DAG that has never run starts with its latest past tick (``latest``) or waits
+    for its next one (``next``, the default): ``RENKEI_FIRST_SCHEDULED_RUN``."""
+    raw = (os.environ if env is None else env).get("RENKEI_FIRST_SCHEDULED_RUN", "next").strip().lower()
+    if raw not in ("next", "latest"):
+        raise ConfigError(f"RENKEI_FIRST_SCHEDULED_RUN={raw!r}: set `next` (a new deployment waits for each "
+                          "schedule's next tick) or `latest` (it runs the latest past tick at once)")
+    return raw == "latest"
+
+
 def redact_url(url: str) -> str:
     """A database URL without its password, for messages and reports."""
     from sqlalchemy.engine import make_url  # noqa: PLC0415 - keep `import renkei` light

@@ -32,21 +32,43 @@ out = {
     "heavy": [m for m in ("great_expectations", "pandas", "renkei.ingest", "renkei.linkage.mart") if m in sys.modules],
     "connections": opened,
 }
+# When the scheduler would make each DAG's first scheduled run, from the DAG as it serializes it:
+# for a DAG that never ran, and for one whose last run was two days ago (a restart after an outage).
+from datetime import timedelta
+from airflow._shared.timezones.timezone import coerce_datetime, utcnow
+from airflow.serialization.serialized_objects import DagSerialization
+from airflow.timetables.base import DagRunInfo
+now = coerce_datetime(utcnow())
+ran = DagRunInfo.interval(now - timedelta(days=2, minutes=1), now - timedelta(days=2, minutes=1))
+first = {}
+for d in bag.dags.values():
+    sdag = DagSerialization.from_dict(DagSerialization.to_dict(d))
+    never, outage = (sdag.next_dagrun_info(last_automated_run_info=last) for last in (None, ran))
+    if never is not None or outage is not None:
+        first[d.dag_id] = {k: None if v is None else (v.run_after - now).total_seconds()
+                           for k, v in (("never_ran", never), ("after_outage", outage))}
+out["first_run_in_s"] = first
 print("@@" + json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def parsed(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow_home")
+def _parse(home: Path, **extra: str) -> dict:
     env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
                AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"), AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}")
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+               AIRFLOW__CORE__DEFAULT_TIMEZONE="Asia/Tokyo")  # as docker-compose.yaml and runner set it
     env.pop("RENKEI_WAREHOUSE_URL", None)
+    env.pop("RENKEI_FIRST_SCHEDULED_RUN", None)
+    env.update(extra)
     out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags")], env=env, capture_output=True, text=True, timeout=300)
     line = next((l for l in out.stdout.splitlines() if l.startswith("@@")), None)
     assert line, out.stderr[-2000:]
     return json.loads(line[2:])
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    return _parse(tmp_path_factory.mktemp("airflow_home"))
 
 
 def test_no_import_errors(parsed):
@@ -82,3 +104,28 @@ def test_parsing_is_cheap(parsed):
 def test_plugins_folder_hides_the_package_from_airflows_loader():
     # Airflow imports every .py under plugins/ as a top-level module unless ignored.
     assert (REPO / "plugins" / ".airflowignore").read_text().split() == ["renkei/"]
+
+
+CRON_DAGS = ("ingest_", "reconcile_", "proactive_services", "relay_notices", "deliver_notices", "apply_review_decisions")
+
+
+def test_a_new_deployment_waits_for_each_schedules_next_tick(parsed):
+    """Airflow 3 runs a cron schedule's latest past tick as soon as a DAG appears (catchup off):
+    every nightly reconcile and sweep at once on a new deployment's first minute. By default a
+    Renkei DAG that never ran waits for its next tick; one that ran before still runs the tick
+    it missed during an outage."""
+    first = parsed["first_run_in_s"]
+    assert {d for d in parsed["dags"] if d.startswith(CRON_DAGS)} == set(first)
+    for dag_id, t in first.items():
+        assert t["never_ran"] > 0, (dag_id, t)
+        assert t["after_outage"] <= 0, (dag_id, t)
+
+
+def test_latest_runs_the_latest_past_tick_at_once(tmp_path):
+    first = _parse(tmp_path, RENKEI_FIRST_SCHEDULED_RUN="latest")["first_run_in_s"]
+    assert first and all(t["never_ran"] <= 0 and t["after_outage"] <= 0 for t in first.values()), first
+
+
+def test_an_unknown_first_run_setting_is_an_import_error_that_names_the_fix(tmp_path):
+    errors = _parse(tmp_path, RENKEI_FIRST_SCHEDULED_RUN="soon")["errors"]
+    assert errors and all("set `next`" in e and "`latest`" in e for e in errors.values()), errors
