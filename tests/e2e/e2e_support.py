@@ -1,6 +1,7 @@
 """What the end-to-end tests share: the notices of a newborn computed by hand, the subjects of
 their e-mails, and a real SMTP server (aiosmtpd) that requires STARTTLS and AUTH, with a
-certificate from a CA made here. The stacks themselves are each test module's own."""
+certificate from a CA made here; a stack started and settled (:func:`started_stack`) and the
+bounded wait every test uses."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ import socket
 import ssl
 from datetime import date, timedelta
 from pathlib import Path
+
+import pytest
+
+from conftest import need_service
+
+BOUND_S = 240  # generous: a loaded 2-core CI machine; the latency benchmark measures the real figure
+STARTUP_BOUND_S = 600  # the start-up runs: ~40 tasks through 4 slots (AIRFLOW__CORE__PARALLELISM)
 
 SMTP_USER = "renkei-e2e"
 SMTP_SENDER = "noreply@city.kitakyushu.example"  # config/delivery.yaml smtp.from
@@ -191,6 +199,37 @@ def startup_over(stack) -> bool:
     started = [f"{kind}_{src.name}" for src in ingest_sources() for kind in ("ingest", "reconcile")]
     return all(stack.dag_runs(d) for d in (*started, "proactive_services")) and not chain_busy(stack)
 
+
+
+def wait(stack, what, check, state=None, bound=BOUND_S):
+    """Wait for ``check()``; on a timeout the failure shows ``state()`` (what was seen last)."""
+    try:
+        return stack.wait_for(what, check, bound, poll=1.0)
+    except (TimeoutError, RuntimeError) as exc:
+        pytest.fail(f"{exc}" + (f"; last seen: {state()}" if state is not None else ""))
+
+
+@contextlib.contextmanager
+def started_stack(base: Path, pg_factory, smtp, **launch):
+    """A DevStack on fresh PostgreSQL databases, delivering to ``smtp`` at any hour, once the
+    runs it started with are over and the triggerer's watchers have their consumer groups.
+
+    A fresh stack runs the latest sweep and reconcile of every source and the daily services
+    run at start (the dev stack's RENKEI_FIRST_SCHEDULED_RUN=latest): a change made meanwhile
+    would wait behind ~40 tasks, outside a test's bound. A test may stop the triggerer only
+    once its watchers have made their consumer groups."""
+    need_service("Redis", "127.0.0.1", 6379)
+    from renkei.devstack import DevStack
+
+    s = DevStack.launch(base, warehouse=pg_factory(), airflow_db=pg_factory(), env=smtp.env,
+                        delivery=NO_QUIET_HOURS, **launch)
+    try:
+        wait(s, "the runs the stack started with to finish", lambda: startup_over(s), lambda: chain_busy(s),
+             bound=STARTUP_BOUND_S)
+        wait(s, "the change streams' consumer groups", lambda: change_groups_ready(s), bound=STARTUP_BOUND_S)
+        yield s
+    finally:
+        s.shutdown()
 
 
 def change_groups_ready(stack) -> bool:

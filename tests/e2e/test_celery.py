@@ -20,12 +20,8 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import need_service
-from e2e_support import (NO_QUIET_HOURS, SMTP_SENDER, SMTP_USER, SUBJECTS, chain_busy, newborn_notices, smtp_server,
-                         startup_over)
+from e2e_support import (SMTP_SENDER, SMTP_USER, SUBJECTS, newborn_notices, smtp_server, started_stack, wait)
 
-BOUND_S = 240  # as test_event_driven: a loaded 2-core CI machine
-STARTUP_BOUND_S = 600  # the startup runs: ~40 tasks through 4 slots (AIRFLOW__CORE__PARALLELISM)
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow]
 
 DEFAULT_WORKERS = ("worker-default-1", "worker-default-2")
@@ -41,28 +37,9 @@ def smtp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_factory, smtp):
-    need_service("Redis", "127.0.0.1", 6379)
-    from renkei.devstack import DevStack
-
-    s = DevStack.launch(tmp_path_factory.mktemp("celery"), warehouse=pg_factory(), airflow_db=pg_factory(),
-                        env=smtp.env, delivery=NO_QUIET_HOURS, executor="CeleryExecutor", celery_workers=2)
-    try:
-        # The scheduled runs a fresh stack starts at once (every source's sweep and reconcile, the
-        # daily services run) hold the chain's DAGs (max_active_runs=1) for minutes on a loaded
-        # machine: a change made now would wait behind them, outside the test's bound.
-        _wait(s, "the runs the stack started with to finish", lambda: startup_over(s), lambda: chain_busy(s),
-              bound=STARTUP_BOUND_S)
+    with started_stack(tmp_path_factory.mktemp("celery"), pg_factory, smtp, executor="CeleryExecutor",
+                       celery_workers=2) as s:
         yield s
-    finally:
-        s.shutdown()
-
-
-def _wait(stack, what, check, state=None, bound=BOUND_S):
-    """Wait for ``check()``; on a timeout the failure shows ``state()`` (what was seen last)."""
-    try:
-        return stack.wait_for(what, check, bound, poll=1.0)
-    except (TimeoutError, RuntimeError) as exc:
-        pytest.fail(f"{exc}" + (f"; last seen: {state()}" if state is not None else ""))
 
 
 def _celery_control(stack):
@@ -92,7 +69,7 @@ def test_the_workers_have_compose_queues_concurrency_and_health_check(stack):
         return set(seen["queues"]) >= set(names)
 
     try:
-        _wait(stack, "all three workers answering inspect", all_answer, lambda: sorted(seen.get("queues", {})))
+        wait(stack, "all three workers answering inspect", all_answer, lambda: sorted(seen.get("queues", {})))
         stats = app.control.inspect(destination=list(names), timeout=3).stats() or {}
     finally:
         app.close()
@@ -115,32 +92,32 @@ def test_a_change_reaches_the_mailbox_through_the_celery_workers(stack, smtp):
     stack.export_and_publish("registry")
 
     # The outbox: exactly the notices computed by hand, written by a services run that succeeded.
-    _wait(stack, "the newborn's notices in the outbox", lambda: bool(stack.notice_rows(code)))
+    wait(stack, "the newborn's notices in the outbox", lambda: bool(stack.notice_rows(code)))
     runs = sorted({r["created_run_id"] for r in stack.notice_rows(code)})
     for run in runs:
         dag_id, run_id = run.split("/", 1)
-        _wait(stack, f"{run} to finish", lambda: stack.dag_run_state(dag_id, run_id) in ("success", "failed"))
+        wait(stack, f"{run} to finish", lambda: stack.dag_run_state(dag_id, run_id) in ("success", "failed"))
         assert stack.dag_run_state(dag_id, run_id) == "success", f"{run} did not succeed"
     rows = {r["notice_id"]: r for r in stack.notice_rows(code)}
     assert {r["evaluated_on"] for r in rows.values()} <= {today, today + timedelta(days=1)}
     assert stack.notice_keys(code) == newborn_notices(born, today)
 
     # The stream, then the guardian's mailbox: one message per notice, over STARTTLS with AUTH.
-    _wait(stack, "the notices on the stream", lambda: set(rows) <= set(stack.stream_notice_ids()))
+    wait(stack, "the notices on the stream", lambda: set(rows) <= set(stack.stream_notice_ids()))
 
     def delivered() -> bool:
         if failed := stack.failed_runs("deliver_notices"):
             pytest.fail(f"deliver_notices runs failed: {failed}; logs under {stack.base}")
         return len(smtp.to(address)) >= len(rows)
 
-    _wait(stack, "the child's notices in the guardian's mailbox", delivered, lambda: len(smtp.to(address)))
+    wait(stack, "the child's notices in the guardian's mailbox", delivered, lambda: len(smtp.to(address)))
     got = smtp.to(address)
     assert sorted(m["msg"]["X-Renkei-Notice"] for m in got) == sorted(rows), "not one message per notice"
     for m in got:
         n = rows[m["msg"]["X-Renkei-Notice"]]
         assert (m["rcpt"], m["tls"], m["login"], m["mail_from"]) == ([address], True, SMTP_USER, SMTP_SENDER)
         assert m["msg"]["Subject"] == SUBJECTS[(n["subject"], n["dose_number"])]
-    _wait(stack, "the receipts", lambda: len(stack.receipts(rows)) == len(rows))
+    wait(stack, "the receipts", lambda: len(stack.receipts(rows)) == len(rows))
     assert [(r["notice_id"], r["attempt"], r["status"]) for r in stack.receipts(rows)] == \
         sorted((nid, 1, "sent") for nid in rows)
 
@@ -190,7 +167,7 @@ def test_delivery_waits_for_the_delivery_worker_and_no_default_worker_takes_it(s
             return bool(waiting["tis"]) and waiting["llen"] >= 1
 
         try:
-            _wait(stack, "a delivery task held in the broker's delivery queue", held_by_the_broker, lambda: waiting)
+            wait(stack, "a delivery task held in the broker's delivery queue", held_by_the_broker, lambda: waiting)
         finally:
             r.close()
         held = {ti["id"]: ti["external_executor_id"] for ti in waiting["tis"]}
@@ -203,7 +180,7 @@ def test_delivery_waits_for_the_delivery_worker_and_no_default_worker_takes_it(s
         return all(tis[i]["state"] == "success" for i in held) and stack.dag_run_state("deliver_notices", run_id) in (
             "success", "failed")
 
-    _wait(stack, "the held delivery tasks and the triggered run to finish on the restarted worker", all_done,
+    wait(stack, "the held delivery tasks and the triggered run to finish on the restarted worker", all_done,
           lambda: [(ti["run_id"], ti["state"]) for ti in stack.task_instances("deliver_notices")])
     assert stack.dag_run_state("deliver_notices", run_id) == "success"
     ran = _ran_on(stack, set(held.values()))

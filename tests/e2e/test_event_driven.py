@@ -18,12 +18,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from conftest import need_service
-from e2e_support import (NO_QUIET_HOURS, SMTP_SENDER, SMTP_USER, SUBJECTS, anniv, chain_busy, change_groups_ready,
-                         jdate, newborn_notices, reach, smtp_server, startup_over)
+from e2e_support import (SMTP_SENDER, SMTP_USER, SUBJECTS, anniv, jdate, newborn_notices, reach, smtp_server,
+                         started_stack, wait)
 
-STARTUP_BOUND_S = 600  # the start-up runs: ~40 tasks through 4 slots
-BOUND_S = 240  # generous: a loaded 2-core CI machine; the latency benchmark measures the real figure
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow]
 
 # -- hand computation (e2e_support.py: SERVICES.md's arithmetic and newborn_notices) ----------------
@@ -57,44 +54,22 @@ def own_smtp(tmp_path):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_factory, smtp):
-    need_service("Redis", "127.0.0.1", 6379)
-    from renkei.devstack import DevStack
-
-    s = DevStack.launch(tmp_path_factory.mktemp("e2e"), warehouse=pg_factory(), airflow_db=pg_factory(),
-                        env=smtp.env, delivery=NO_QUIET_HOURS)
-    try:
-        # A fresh stack first runs the latest sweep and reconcile of every source and the daily
-        # services run (catchup off still runs the latest interval): a change made meanwhile
-        # waits behind ~40 tasks. And a test may stop the triggerer only once its watchers
-        # have made their consumer groups.
-        _wait(s, "the runs the stack started with to finish", lambda: startup_over(s), lambda: chain_busy(s),
-              bound=STARTUP_BOUND_S)
-        _wait(s, "the change streams' consumer groups", lambda: change_groups_ready(s), bound=STARTUP_BOUND_S)
+    with started_stack(tmp_path_factory.mktemp("e2e"), pg_factory, smtp) as s:
         yield s
-    finally:
-        s.shutdown()
 
 
 # -- waiting and observing ----------------------------------------------------------------------
 
-def _wait(stack, what, check, state=None, bound=BOUND_S):
-    """Wait for ``check()``; on a timeout the failure shows ``state()`` (what was seen last)."""
-    try:
-        return stack.wait_for(what, check, bound, poll=1.0)
-    except (TimeoutError, RuntimeError) as exc:
-        pytest.fail(f"{exc}" + (f"; last seen: {state()}" if state is not None else ""))
-
-
 def _finished(stack, dag_id: str, run_id: str) -> str:
     """Wait until the DAG run is over; its final state."""
-    _wait(stack, f"{dag_id} run {run_id} to finish",
+    wait(stack, f"{dag_id} run {run_id} to finish",
           lambda: stack.dag_run_state(dag_id, run_id) in ("success", "failed"))
     return stack.dag_run_state(dag_id, run_id)
 
 
 def _written_notices(stack, code: str, what: str) -> list[dict]:
     """The child's notices once the services run(s) that wrote them have finished."""
-    _wait(stack, what, lambda: bool(stack.notice_rows(code)))
+    wait(stack, what, lambda: bool(stack.notice_rows(code)))
     for run in sorted({r["created_run_id"] for r in stack.notice_rows(code)}):
         dag_id, run_id = run.split("/", 1)
         assert _finished(stack, dag_id, run_id) == "success", f"{run} did not succeed"
@@ -150,7 +125,7 @@ def test_change_events_drive_the_chain_to_the_stream(stack):
     stack.export_and_publish("registry")
     _written_notices(stack, code, "notices for the newborn")
     ids = {r["notice_id"] for r in _assert_exact_notices(stack, code, born, today)}
-    _wait(stack, "the newborn's notices on the stream", lambda: ids <= set(stack.stream_notice_ids()))
+    wait(stack, "the newborn's notices on the stream", lambda: ids <= set(stack.stream_notice_ids()))
     on_stream = stack.stream_notice_ids()
     assert sorted(n for n in on_stream if n in ids) == sorted(ids), "a notice was published to the stream twice"
     _assert_one_outbox_event_per_services_run(stack)
@@ -207,7 +182,7 @@ def test_a_change_made_while_the_triggerer_is_down_still_arrives(stack):
     assert stack.notice_rows(code) == []
 
     stack.start("triggerer")
-    _wait(stack, "the change event taken from the stream after the triggerer restarted",
+    wait(stack, "the change event taken from the stream after the triggerer restarted",
           lambda: sid in stack.change_asset_events([sid]))
     _written_notices(stack, code, "notices after the triggerer restarted")
     _assert_exact_notices(stack, code, born, today)
@@ -242,7 +217,7 @@ def test_duplicate_events_give_one_notice_per_idempotency_key(stack):
         events = stack.change_asset_events(sids)
         return len(events) == 5 and not stack.unfinished_runs()
 
-    _wait(stack, "the five duplicates' runs, and all they set off, to finish", at_rest,
+    wait(stack, "the five duplicates' runs, and all they set off, to finish", at_rest,
           lambda: f"asset events {stack.change_asset_events(sids)}, unfinished {stack.unfinished_runs()}")
     assert stack.change_asset_events(sids[:1])[sids[0]]["consumed_by"], "the first event triggered no run"
     ids = {r["notice_id"] for r in _assert_exact_notices(stack, code, born, today)}
@@ -271,7 +246,7 @@ def test_deliver_notices_sends_each_notice_once_over_starttls_with_auth(stack, s
             pytest.fail(f"deliver_notices runs failed: {failed}; task logs under {stack.base}/work/airflow/logs")
         return len(smtp.to(address)) >= len(rows)
 
-    _wait(stack, "the child's notices in the guardian's mailbox", delivered)
+    wait(stack, "the child's notices in the guardian's mailbox", delivered)
 
     for _ in range(2):  # the DAG runs twice more: nothing is sent again
         run_id = stack.trigger("deliver_notices")
