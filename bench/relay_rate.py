@@ -8,8 +8,8 @@ its own on a real Redis. The stream and the database are removed afterwards.
     .venv/bin/python bench/relay_rate.py --notices 200000 [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
         [--redis redis://127.0.0.1:6379/0] [--batch N] [--code old]
 
-Writes bench/results/relay_rate.json (``--code old`` runs git HEAD's relay instead, for a
-before/after, and only prints). ``relay_cpu_seconds`` is the relay process's own CPU time: on a
+Writes bench/results/relay_rate.json, or ``--out PATH`` (a trial). ``--code old`` runs git HEAD's
+relay instead, for a before/after, and writes only with ``--out``. ``relay_cpu_seconds`` is the relay process's own CPU time: on a
 shared machine the wall-clock rate moves with the load average, which the result records.
 """
 
@@ -81,7 +81,8 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--batch", type=int, default=relay.DEFAULT_BATCH)
     ap.add_argument("--code", choices=["new", "old"], default="new",
-                    help="old: the relay module of git HEAD (for a before/after; results are not written)")
+                    help="old: the relay module of git HEAD (for a before/after; written only with --out)")
+    ap.add_argument("--out", type=Path, help="write the result here instead of bench/results/relay_rate.json (a trial)")
     args = ap.parse_args()
     relay_module = _old_relay() if args.code == "old" else relay
     import redis
@@ -125,10 +126,11 @@ def main() -> None:
     }
     if args.code == "old":
         result["code"] = "git HEAD relay (before)"
-        print(json.dumps(result, indent=2))
-        return
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        result["command"] += " --code old"
+    out = args.out or (None if args.code == "old" else RESULTS)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
 
 

@@ -255,15 +255,22 @@ def test_pages_on_postgresql_go_out_in_created_order_each_recorded_once(pg_facto
     assert relay_notices(url, capped, batch=5)["published"] == 0
 
 
-def test_message_body_is_the_notice_dataclass_json(warehouse, cfg, client):
-    """The relay writes message bodies straight from the row; they are exactly what
-    ``Notice.to_json`` / ``NoticeState.to_json`` make of the same rows (escapes, non-ASCII text,
-    a missing dose, ``replaces``, facts in or out)."""
+def test_message_body_is_the_notice_dataclass_json(engine_url, cfg, client):
+    """The relay writes message bodies straight from the row (on PostgreSQL without facts, the
+    database writes them: relay.notice_body_sql); they are exactly what ``Notice.to_json`` /
+    ``NoticeState.to_json`` make of the same rows (escapes of every control character, quotes,
+    backslashes, non-ASCII text, a missing dose, ``replaces``, facts in or out)."""
+    warehouse = engine_url
+    eng = engine(warehouse)
+    ensure_schema(eng)
+    eng.dispose()
     [a, b] = _add_notices(warehouse, 2)
+    odd = 'EV"\\\n予約\t\b\f\r' + "".join(map(chr, range(1, 32))) + "\x7f\u2028\U0001F600 \\u00e9"
     eng = engine(warehouse)
     with eng.begin() as conn:
         conn.execute(notices.update().where(notices.c.notice_id == b).values(
-            replaces=a, dose_number=None, subject='EV"\\\n予約', facts=json.dumps({"z": [1, "あ"], "a": None})))
+            replaces=a, dose_number=None, subject=odd[:32], erk=f"v1.{odd}", created_run_id=f"run/{odd}",
+            rule_id=odd[-20:], facts=json.dumps({"z": [1, "あ"], "a": None})))
     eng.dispose()
     _add_transition(warehouse, a, "superseded", "rule_asks_other", b)
     for include_facts in (False, True):
@@ -279,6 +286,15 @@ def test_message_body_is_the_notice_dataclass_json(warehouse, cfg, client):
             conn.execute(notice_events.update().values(stream_id=None, published_at=None))
         eng.dispose()
         assert [f[b"data"].decode() for _, f in client.xrange(stream)] == expected
+    if warehouse.startswith("postgresql"):  # the expression itself, whichever path the relay took
+        from renkei.outputs.relay import notice_body_sql
+
+        eng = engine(warehouse)
+        with eng.connect() as conn:
+            made = dict(conn.execute(sa.select(notices.c.notice_id, notice_body_sql())).all())
+        eng.dispose()
+        assert made == {a: Notice.from_row(rows[a], False).to_json(), b: Notice.from_row(rows[b], False).to_json()}
+        assert "\\u0001" in made[b] and "\\u001f" in made[b] and "\U0001F600" in made[b]
 
 
 @pytest.mark.parametrize("head", [("XADD", "r:notices", "*", "data"), ("XADD", "r:notices", "MAXLEN", "~", 100_000, "*", "data")],

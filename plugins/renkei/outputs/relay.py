@@ -85,8 +85,12 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     install_outbox_pending(eng)  # a warehouse made before the pending index: filled once
     client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
-        published, error = _drain(eng, client, cfg, _unpublished, lambda r: _notice_json(r, cfg.include_facts),
-                                  _record, batch)
+        if eng.dialect.name == "postgresql" and not cfg.include_facts:
+            # PostgreSQL writes each body (notice_body_sql): a tenth of the relay's CPU per page.
+            page, message = (lambda after: _unpublished(after, body=True)), _row_body
+        else:
+            page, message = _unpublished, (lambda r: _notice_json(r, cfg.include_facts))
+        published, error = _drain(eng, client, cfg, page, message, _record, batch)
         states = 0
         if error is None:  # a state message only ever follows its notice
             states, error = _drain(eng, client, cfg, _unpublished_states, _state_json, _record_states, batch)
@@ -166,13 +170,15 @@ def created_order_index() -> sa.Index:
     return next(i for i in notices.indexes if i.name == "ix_notices_created_order")
 
 
-def _unpublished(after: sa.Row | None = None) -> sa.Select:
+def _unpublished(after: sa.Row | None = None, body: bool = False) -> sa.Select:
     """Unpublished notices in created order (``after``: those after that row of the order): the
     notices in ``outbox_pending``, which its triggers keep equal to those without an
-    ``outbox_published`` row (renkei.warehouse.install_outbox_pending)."""
+    ``outbox_published`` row (renkei.warehouse.install_outbox_pending). ``body``: each row's
+    message body made by PostgreSQL (:func:`notice_body_sql`) instead of the whole row."""
     p = outbox_pending.c
+    columns = (notices.c.notice_id, p.created_at, notice_body_sql().label("body")) if body else (notices,)
     query = (
-        sa.select(notices)
+        sa.select(*columns)
         .join(outbox_pending, p.notice_id == notices.c.notice_id)
         .order_by(p.created_at, p.notice_id)
     )
@@ -216,6 +222,37 @@ def _notice_json(row: sa.Row, include_facts: bool) -> str:
     )
 
 
+def notice_body_sql() -> sa.ColumnElement:
+    """PostgreSQL: ``_notice_json(row, include_facts=False)`` as an SQL expression over
+    ``notices``, byte for byte (test_relay holds the three equal). ``to_json`` of a text escapes
+    exactly what Python's ``json`` does without ``ensure_ascii`` (quote, backslash, the control
+    characters: \\b \\f \\n \\r \\t and \\u00XX for the rest) and leaves other text as it is."""
+    n = notices.c
+
+    def text(column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.cast(sa.func.to_json(column), sa.Text)
+
+    def number(column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.func.coalesce(sa.cast(column, sa.Text), "null")
+
+    def day(column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.func.to_char(column, "YYYY-MM-DD")
+
+    replaces = sa.case((n.replaces.is_(None), ""), else_=sa.func.concat(',"replaces":', text(n.replaces)))
+    return sa.func.concat(
+        '{"created_at":', text(n.created_at), ',"created_run_id":', text(n.created_run_id),
+        ',"dose_number":', number(n.dose_number), ',"erk":', text(n.erk), ',"evaluated_on":"', day(n.evaluated_on),
+        '","facts":{},"kind":', text(n.kind), ',"notice_id":', text(n.notice_id), replaces,
+        ',"rule_id":', text(n.rule_id), ',"rule_version":', number(n.rule_version), ',"service":', text(n.service),
+        ',"subject":', text(n.subject), ',"window_end":"', day(n.window_end), '","window_start":"', day(n.window_start),
+        '"}',
+    )
+
+
+def _row_body(row: sa.Row) -> str:
+    return row.body
+
+
 def _facts_json(row: sa.Row) -> str:
     try:
         facts = json.loads(row.facts)
@@ -236,7 +273,7 @@ def _state_json(row: sa.Row) -> str:
     )
 
 
-# The templates above name every message field, keys sorted: a field added to Notice or
+# The templates above (and notice_body_sql) name every message field, keys sorted: a field added to Notice or
 # NoticeState must be added there too (checked on import; test_relay compares the bodies).
 if [f.name for f in fields(Notice) if f.name != "message_id"] != [
     "notice_id", "service", "kind", "erk", "rule_id", "rule_version", "subject", "dose_number", "window_start",
