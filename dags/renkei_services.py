@@ -7,7 +7,8 @@ plan → evaluate (mapped: a full run on PostgreSQL is split by ERK hash into
 RENKEI_SERVICES_PARTS parts that run side by side; each writes its own new notices) → record
 (once every part succeeded: the base of the next incremental run). A one-part run (incremental,
 or any on SQLite) is evaluated and recorded by plan itself; evaluate and record are then skipped
-(renkei.outputs.services_run). Emits renkei_outbox_notices
+(renkei.outputs.services_run); started by a change, it also publishes them to the notices
+stream at once (relay_notices, run by the event, then finds them published). Emits renkei_outbox_notices
 with the counts — after storing a contact token for each newly notified resident
 (renkei.outputs.contacts: what delivery opens instead of the ERK), so a delivery run that the
 asset starts finds every token it needs. Each run appends a `notice_published` entry (counts, new notice ids) to the
@@ -35,9 +36,10 @@ def proactive_services():
         """One item per part to evaluate, each carrying the whole plan (counts and ids only). A
         one-part run (incremental, or any on SQLite) is evaluated and recorded right here — two
         task starts fewer between a change and its notice: it maps evaluate over no part (so
-        evaluate and record are skipped) and emits renkei_outbox_notices through its alias."""
+        evaluate and record are skipped) and emits renkei_outbox_notices through its alias.
+        Started by a change (a mart event), it also publishes its notices to the stream itself."""
         from renkei.outputs.outbox import evaluate_part, plan_services
-        from renkei.outputs.services_run import finish_run
+        from renkei.outputs.services_run import finish_run, relay_at_once
         from renkei.runctx import evaluation_date, run_key
         from renkei.settings import Settings, services_parts
 
@@ -45,6 +47,8 @@ def proactive_services():
         planned = plan_services(url, evaluation_date(context), run_key(context), parts=services_parts())
         if planned["parts"] == 1:
             counts = finish_run(url, planned, [evaluate_part(url, planned, 0)])
+            if context["dag_run"].run_type == "asset_triggered":  # a change's way to its notice
+                counts["relay"] = relay_at_once(url)
             context["outlet_events"][OUTBOX_NOTICES_WHEN_DONE].add(OUTBOX_NOTICES, extra=counts)
             return []
         return [{"index": i, "plan": planned} for i in range(planned["parts"])]

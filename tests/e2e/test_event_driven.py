@@ -134,13 +134,25 @@ def test_change_events_drive_the_chain_to_the_stream(stack):
 def _assert_one_outbox_event_per_services_run(stack) -> None:
     """Each services run emits renkei_outbox_notices once: from plan when it evaluated a one-part
     run itself (evaluate and record then skipped), else from record. The newborn's run is an
-    incremental one: at least one run took plan's way."""
+    incremental one: at least one run took plan's way. A plan run started by a change published
+    its notices itself (services_run.relay_at_once): its event says so, without a relay error
+    (or that relay_notices held the lock then)."""
+    import json
+
     import sqlalchemy as sa
 
+    from renkei.outputs.relay import BUSY
+
     with stack._airflow().connect() as conn:
-        emitted = {(r.source_run_id, r.source_task_id) for r in conn.execute(sa.text(
-            "SELECT e.source_run_id, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-            "WHERE a.name = 'renkei_outbox_notices' AND e.source_dag_id = 'proactive_services'"))}
+        rows = conn.execute(sa.text(
+            "SELECT e.source_run_id, e.source_task_id, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = 'renkei_outbox_notices' AND e.source_dag_id = 'proactive_services'")).all()
+    emitted = {(r.source_run_id, r.source_task_id) for r in rows}
+    for r in rows:
+        extra = r.extra if isinstance(r.extra, dict) else json.loads(r.extra or "{}")
+        if r.source_task_id == "plan" and r.source_run_id.startswith("asset_triggered"):
+            relay = extra.get("relay", {})
+            assert relay.get("skipped") == BUSY or (relay.get("errors") == 0 and "published" in relay), (r, extra)
     inline = 0
     for run_id, state in stack.dag_runs("proactive_services"):
         if state != "success":

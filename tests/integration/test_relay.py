@@ -297,6 +297,40 @@ def test_message_body_is_the_notice_dataclass_json(engine_url, cfg, client):
         assert "\\u0001" in made[b] and "\\u001f" in made[b] and "\U0001F600" in made[b]
 
 
+def test_one_relay_at_a_time_on_postgresql(pg_factory, cfg, client):
+    """Two relays at once would read the same pending pages and put every notice on the stream
+    twice. While one holds the warehouse's relay lock, another asked not to wait (services'
+    relay_at_once) publishes nothing and says so; one that waits (relay_notices' own run)
+    publishes once the first is done — each notice once on the stream."""
+    import threading
+
+    from renkei.outputs.relay import BUSY, RELAY_LOCK_KEY
+
+    url = pg_factory()
+    eng = engine(url)
+    ensure_schema(eng)
+    eng.dispose()
+    ids = _add_notices(url, 3)
+    holder = engine(url).connect()  # another relay, mid-run
+    holder.execute(sa.select(sa.func.pg_advisory_lock(RELAY_LOCK_KEY)))
+    holder.commit()
+    try:
+        assert relay_notices(url, cfg, wait=False) == {"skipped": BUSY}
+        assert client.xlen(cfg.stream) == 0
+        waited: dict = {}
+        waiter = threading.Thread(target=lambda: waited.update(relay_notices(url, cfg)))
+        waiter.start()
+        waiter.join(1.5)
+        assert waiter.is_alive() and client.xlen(cfg.stream) == 0, "the waiting relay went ahead of the lock"
+    finally:
+        holder.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK_KEY)))
+        holder.commit()
+        holder.close()
+    waiter.join(30)
+    assert waited["published"] == 3 and _stream_ids(client, cfg.stream) == ids
+    assert relay_notices(url, cfg, wait=False)["published"] == 0  # free again: nothing left
+
+
 @pytest.mark.parametrize("head", [("XADD", "r:notices", "*", "data"), ("XADD", "r:notices", "MAXLEN", "~", 100_000, "*", "data")],
                          ids=["plain", "capped"])
 def test_the_relay_writes_the_transaction_redis_py_would(head):

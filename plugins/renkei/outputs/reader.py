@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from renkei.events.stream_reply import stream_entries
 from renkei.outputs.notice import Notice, NoticeError, NoticeState, decode

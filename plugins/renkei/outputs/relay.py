@@ -58,11 +58,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SKIPPED = "no broker configured"
+BUSY = "another relay is publishing"
+RELAY_LOCK_KEY = 0x52454C4159  # "RELAY": pg_advisory_lock's key for the one relay of a warehouse
 DEFAULT_BATCH = 20_000  # one MULTI/EXEC and one warehouse transaction per page (5,000: 36k notices/s; 20,000: 43k)
 
 
 def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = None,
-                  batch: int = DEFAULT_BATCH) -> dict:
+                  batch: int = DEFAULT_BATCH, wait: bool = True) -> dict:
     """Publish every unpublished outbox notice, then every unpublished state change of a
     published notice; return the counts.
 
@@ -70,6 +72,10 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     ``published`` in this run and ``pending`` left unpublished, state messages published,
     ``errors`` 1 when the broker failed (then also ``"error"``: what and the fix). Under channel
     kind ``changelog_table``: ``{"skipped": "no broker configured"}``.
+
+    One relay at a time per warehouse (on PostgreSQL, an advisory lock held for the run): two
+    would read the same pending pages and put each notice on the stream twice. ``wait=False``
+    returns ``{"skipped": BUSY}`` at once when another relay holds it.
     """
     cfg = channel_cfg or load_notice_stream()
     if not cfg.has_broker:
@@ -83,6 +89,10 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     metadata.create_all(eng, tables=[notices, outbox_published, notice_events, outbox_pending])
     created_order_index().create(eng, checkfirst=True)  # a warehouse made before the index existed
     install_outbox_pending(eng)  # a warehouse made before the pending index: filled once
+    lock = _relay_lock(eng, wait)
+    if lock is None:
+        eng.dispose()
+        return {"skipped": BUSY}
     client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
         if eng.dialect.name == "postgresql" and not cfg.include_facts:
@@ -99,6 +109,7 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
                 notices, notices.c.notice_id == outbox_pending.c.notice_id)).scalar_one()
     finally:
         client.close()
+        _release(lock)
         eng.dispose()
     counts: dict = {"stream": cfg.stream, "published": published, "pending": pending,
                     "state_events_published": states, "errors": int(error is not None)}
@@ -106,6 +117,30 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
         counts["error"] = error
     log.info("relay to %s: %s", cfg.stream, {k: v for k, v in counts.items() if k != "error"})
     return counts
+
+
+def _relay_lock(eng: sa.Engine, wait: bool) -> sa.Connection | None:
+    """A connection holding the relay's advisory lock (PostgreSQL; on SQLite, whose warehouse
+    has one writer at a time, just a connection), or None when ``wait`` is False and another
+    relay holds it."""
+    conn = eng.connect()
+    if conn.dialect.name == "postgresql":
+        take = sa.func.pg_advisory_lock if wait else sa.func.pg_try_advisory_lock
+        got = conn.execute(sa.select(take(RELAY_LOCK_KEY))).scalar()
+        conn.commit()  # the lock is the session's: no transaction stays open while the relay runs
+        if not wait and not got:
+            conn.close()
+            return None
+    return conn
+
+
+def _release(lock: sa.Connection) -> None:
+    try:
+        if lock.dialect.name == "postgresql":
+            lock.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK_KEY)))
+            lock.commit()
+    finally:
+        lock.close()
 
 
 def _drain(eng: sa.Engine, client: "redis.Redis", cfg: NoticeStreamConfig,
