@@ -361,11 +361,15 @@ def test_the_trends_page_draws_the_warehouse_counts_in_the_browser(server, brows
                     dict(conn.execute("SELECT state, count(*) FROM review_queue WHERE active GROUP BY state").fetchall()))
 
     try:
-        for _ in range(3):  # the stack's own ingest sweeps may finish a run while the page loads: read again
+        # The stack's own ingest sweeps (six sources every 5 minutes) may finish runs while the page
+        # loads: read until the warehouse stood still around one page load.
+        for _ in range(10):
             before = counts()
             html = open_in_airflow(driver, server, "renkei-trends")
             if counts() == before:
                 break
+        else:
+            pytest.fail("the warehouse's runs changed during each of 10 page loads: no stable moment to compare")
         runs, notices, items = before
         charts = driver.find_elements(By.CSS_SELECTOR, "figure.chart svg")
         assert len(charts) == 3 + 2 * len(runs), len(charts)  # overview, notices, review + 2 per source
