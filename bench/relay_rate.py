@@ -9,8 +9,9 @@ its own on a real Redis. The stream and the database are removed afterwards.
         [--redis redis://127.0.0.1:6379/0] [--batch N] [--code old]
 
 Writes bench/results/relay_rate.json, or ``--out PATH`` (a trial). ``--code old`` runs git HEAD's
-relay instead, for a before/after, and writes only with ``--out``. ``relay_cpu_seconds`` is the relay process's own CPU time: on a
-shared machine the wall-clock rate moves with the load average, which the result records.
+relay instead, for a before/after, and writes only with ``--out``. ``relay_cpu_seconds`` is the
+relay process's own CPU time: on a shared machine the wall-clock rate moves with the load
+average, which the result records.
 """
 
 from __future__ import annotations

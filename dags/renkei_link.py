@@ -35,7 +35,7 @@ def link_residents():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from renkei.linkage.settle import first_loads_running, settle_seconds, wait_for_ingests
-        from renkei.runctx import evaluation_date, run_key
+        from renkei.runctx import evaluation_date, run_key, started_by_event
         from renkei.settings import Settings
 
         ti = context["ti"]
@@ -51,8 +51,7 @@ def link_residents():
         wait_for_ingests(url, settle_seconds())  # one build for a wave of changes across sources
         # A run queued by a staging event the build before already consumed: nothing to link, and
         # no mart event (so no services run). A run started by hand builds.
-        by_event = context["dag_run"].run_type == "asset_triggered"
-        counts = run_build(url, as_of, run, skip_unchanged=by_event)
+        counts = run_build(url, as_of, run, skip_unchanged=started_by_event(context))
         if counts["mode"] == "unchanged":
             raise AirflowSkipException(f"no ingest run since build {counts['build_seq']}: the mart is unchanged")
         record_linkage_run(url, run, as_of, counts)

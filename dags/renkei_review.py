@@ -12,6 +12,7 @@ e.g. a keyring without the chain key. The next link_residents run honours applie
 from __future__ import annotations
 
 from airflow.sdk import dag, task
+
 from renkei.schedules import cron
 
 

@@ -40,14 +40,14 @@ def proactive_services():
         Started by a change (a mart event), it also publishes its notices to the stream itself."""
         from renkei.outputs.outbox import evaluate_part, plan_services
         from renkei.outputs.services_run import finish_run, relay_at_once
-        from renkei.runctx import evaluation_date, run_key
+        from renkei.runctx import evaluation_date, run_key, started_by_event
         from renkei.settings import Settings, services_parts
 
         url = Settings.from_env().warehouse_url
         planned = plan_services(url, evaluation_date(context), run_key(context), parts=services_parts())
         if planned["parts"] == 1:
             counts = finish_run(url, planned, [evaluate_part(url, planned, 0)])
-            if context["dag_run"].run_type == "asset_triggered":  # a change's way to its notice
+            if started_by_event(context):  # a change on its way to its notice
                 counts["relay"] = relay_at_once(url)
             context["outlet_events"][OUTBOX_NOTICES_WHEN_DONE].add(OUTBOX_NOTICES, extra=counts)
             return []

@@ -25,6 +25,12 @@ def evaluation_date(context: dict) -> date:
     return moment.astimezone(TOKYO).date()
 
 
+def started_by_event(context: dict) -> bool:
+    """Whether an asset event started this run (a change on its way to a notice), not a
+    schedule, a backfill or a person."""
+    return context["dag_run"].run_type == "asset_triggered"
+
+
 def run_key(context: dict) -> str:
     """A stable id of this DAG run (dag id + run id), used to tag rows the run writes."""
     return f"{context['dag'].dag_id}/{context['run_id']}"

@@ -311,7 +311,8 @@ def test_one_relay_at_a_time_on_postgresql(pg_factory, cfg, client):
     ensure_schema(eng)
     eng.dispose()
     ids = _add_notices(url, 3)
-    holder = engine(url).connect()  # another relay, mid-run
+    holder_eng = engine(url)
+    holder = holder_eng.connect()  # another relay, mid-run
     holder.execute(sa.select(sa.func.pg_advisory_lock(RELAY_LOCK_KEY)))
     holder.commit()
     try:
@@ -326,6 +327,7 @@ def test_one_relay_at_a_time_on_postgresql(pg_factory, cfg, client):
         holder.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK_KEY)))
         holder.commit()
         holder.close()
+        holder_eng.dispose()
     waiter.join(30)
     assert waited["published"] == 3 and _stream_ids(client, cfg.stream) == ids
     assert relay_notices(url, cfg, wait=False)["published"] == 0  # free again: nothing left

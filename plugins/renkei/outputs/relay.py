@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import json.encoder
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -82,34 +83,35 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
         return {"skipped": SKIPPED}
     if batch < 1:
         raise ValueError(f"relay_notices: batch must be >= 1, not {batch}")
-    import redis  # noqa: PLC0415 - only the relay and readers need it
-
     eng = engine(warehouse_url)
     # Creating missing tables writes no row: a relay that runs before the first notice is a no-op.
     metadata.create_all(eng, tables=[notices, outbox_published, notice_events, outbox_pending])
     created_order_index().create(eng, checkfirst=True)  # a warehouse made before the index existed
     install_outbox_pending(eng)  # a warehouse made before the pending index: filled once
-    lock = _relay_lock(eng, wait)
-    if lock is None:
-        eng.dispose()
-        return {"skipped": BUSY}
-    client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
     try:
-        if eng.dialect.name == "postgresql" and not cfg.include_facts:
-            # PostgreSQL writes each body (notice_body_sql): a tenth of the relay's CPU per page.
-            page, message = (lambda after: _unpublished(after, body=True)), _row_body
-        else:
-            page, message = _unpublished, (lambda r: _notice_json(r, cfg.include_facts))
-        published, error = _drain(eng, client, cfg, page, message, _record, batch)
-        states = 0
-        if error is None:  # a state message only ever follows its notice
-            states, error = _drain(eng, client, cfg, _unpublished_states, _state_json, _record_states, batch)
-        with eng.connect() as conn:
-            pending = conn.execute(sa.select(sa.func.count()).select_from(outbox_pending).join(
-                notices, notices.c.notice_id == outbox_pending.c.notice_id)).scalar_one()
+        with _relay_lock(eng, wait) as held:
+            if not held:
+                return {"skipped": BUSY}
+            import redis  # noqa: PLC0415 - only the relay and readers need it
+
+            client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
+            try:
+                if eng.dialect.name == "postgresql" and not cfg.include_facts:
+                    # PostgreSQL writes each body (notice_body_sql): a tenth of the relay's CPU per page.
+                    page, message = (lambda after: _unpublished(after, body=True)), _row_body
+                else:
+                    page, message = _unpublished, (lambda r: _notice_json(r, cfg.include_facts))
+                published, error = _drain(eng, client, cfg, page, message, _record, batch)
+                states = 0
+                if error is None:  # a state message only ever follows its notice
+                    states, error = _drain(eng, client, cfg, _unpublished_states, _state_json, _record_states,
+                                           batch)
+                with eng.connect() as conn:
+                    pending = conn.execute(sa.select(sa.func.count()).select_from(outbox_pending).join(
+                        notices, notices.c.notice_id == outbox_pending.c.notice_id)).scalar_one()
+            finally:
+                client.close()
     finally:
-        client.close()
-        _release(lock)
         eng.dispose()
     counts: dict = {"stream": cfg.stream, "published": published, "pending": pending,
                     "state_events_published": states, "errors": int(error is not None)}
@@ -119,28 +121,28 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     return counts
 
 
-def _relay_lock(eng: sa.Engine, wait: bool) -> sa.Connection | None:
-    """A connection holding the relay's advisory lock (PostgreSQL; on SQLite, whose warehouse
-    has one writer at a time, just a connection), or None when ``wait`` is False and another
-    relay holds it."""
-    conn = eng.connect()
-    if conn.dialect.name == "postgresql":
-        take = sa.func.pg_advisory_lock if wait else sa.func.pg_try_advisory_lock
-        got = conn.execute(sa.select(take(RELAY_LOCK_KEY))).scalar()
-        conn.commit()  # the lock is the session's: no transaction stays open while the relay runs
-        if not wait and not got:
-            conn.close()
-            return None
-    return conn
-
-
-def _release(lock: sa.Connection) -> None:
-    try:
-        if lock.dialect.name == "postgresql":
-            lock.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK_KEY)))
-            lock.commit()
-    finally:
-        lock.close()
+@contextmanager
+def _relay_lock(eng: sa.Engine, wait: bool) -> Iterator[bool]:
+    """Hold the warehouse's relay lock for the block; yields False (holding nothing) when ``wait``
+    is False and another relay holds it. PostgreSQL: a session advisory lock on a connection of
+    its own, with no transaction left open while the relay runs. SQLite has one writer at a
+    time and nothing to hold."""
+    if eng.dialect.name != "postgresql":
+        yield True
+        return
+    with eng.connect() as conn:
+        if wait:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(RELAY_LOCK_KEY)))
+        elif not conn.execute(sa.select(sa.func.pg_try_advisory_lock(RELAY_LOCK_KEY))).scalar():
+            conn.rollback()
+            yield False
+            return
+        conn.commit()
+        try:
+            yield True
+        finally:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK_KEY)))
+            conn.commit()
 
 
 def _drain(eng: sa.Engine, client: "redis.Redis", cfg: NoticeStreamConfig,
