@@ -27,7 +27,22 @@ REPO = Path(__file__).resolve().parents[1]
 def machine() -> dict:
     mem = next((int(l.split()[1]) // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), None)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
-    return {"cpus": os.cpu_count(), "memory_mb": mem, "cpu": cpu, "python": platform.python_version()}
+    return {"cpus": os.cpu_count(), "memory_mb": mem, "cpu": cpu, "python": platform.python_version(),
+            "loop_5m_s": loop_seconds()}
+
+
+def loop_seconds(n: int = 5_000_000, tries: int = 3) -> float:
+    """The machine's pure-Python speed when it was measured: the best of ``tries`` runs of ``n``
+    integer additions, in seconds. Machines of the same 2-core kind, and one machine on different
+    days, have differed several-fold in pure-Python speed: results of different days compare only
+    beside this figure."""
+    best = float("inf")
+    for _ in range(tries):
+        t0, total = time.perf_counter(), 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best, 3)
 
 
 def commit() -> str:
