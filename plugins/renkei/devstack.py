@@ -46,7 +46,13 @@ CITY_FILE = "city.json"  # what prepare_city made: residents, seed, as_of, secon
 # (default 1 s) before it looks again, so each hand-over from one task to the next, and from an
 # asset event to the DAG run it triggers, waited up to a second: eight hand-overs lie between a
 # change and its notice. 0.2 s costs the idle scheduler a few more metadata queries a second.
-LATENCY_SETTINGS = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2"}
+# A task's supervisor waits for the task process in a select() bounded by min_heartbeat_interval
+# (default 5 s); when the process's sockets have closed before it can be reaped, the select has
+# nothing left to watch and sleeps the whole bound: a quarter of the task processes of a 50,000-
+# resident run held their executor slot ~5 s after the task ended, and a skipped or failed task
+# reached its state that much later. 1 s bounds that; running tasks heartbeat once a second.
+LATENCY_SETTINGS = {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+                    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1"}
 
 # A task's calls to the Execution API wait 5 s by default: on a loaded 2-core machine (CI, or
 # tests beside a benchmark) the api-server answered later and the task failed (ReadTimeout).

@@ -54,6 +54,10 @@ def preload(argv: Sequence[str], executor: str) -> list[str]:
     needs it imports it itself and reports the error where it belongs."""
     if os.environ.get(ENV, "on").lower() in ("off", "0", "false", "no") or not forks_tasks(argv, executor):
         return []
+    if all(name in sys.modules for name in MODULES):
+        # A task process forked from a process that preloaded them (Airflow imports its local
+        # settings again there): nothing to import, and nothing to say in every task's log.
+        return []
     started = time.perf_counter()
     done = []
     for name in MODULES:

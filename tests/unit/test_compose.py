@@ -256,6 +256,15 @@ def test_celery_settings_are_those_the_e2e_test_ran(name):
     assert set(ran) - {prefix} <= set(e), f"{name} lacks {sorted(set(ran) - {prefix} - set(e))}"
 
 
+@pytest.mark.parametrize("name", ("airflow-scheduler", "airflow-worker", "airflow-worker-delivery"))
+def test_latency_settings_are_those_the_e2e_tests_ran(name):
+    """The scheduler's idle sleep and the supervisors' wait: what DevStack (e2e, benchmarks) ran."""
+    from renkei.devstack import LATENCY_SETTINGS
+
+    e = env(name)
+    assert {k: e.get(k) for k in LATENCY_SETTINGS} == LATENCY_SETTINGS
+
+
 def test_worker_command_lines_are_those_the_e2e_test_ran():
     from renkei.devstack import WORKER_WITHOUT, celery_worker_commands
 

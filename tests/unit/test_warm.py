@@ -45,6 +45,20 @@ def test_a_scheduler_imports_every_module_and_says_so():
     assert f"renkei preload: {len(MODULES)} of {len(MODULES)} modules" in said
 
 
+def test_a_task_forked_from_a_preloaded_process_says_nothing():
+    """Airflow imports its local settings again in each task process it forks: the modules are
+    there already, and the preload line (on stderr, which a task log shows as an error) is not
+    repeated in every task's log. The first call says it once."""
+    code = ("import sys; from renkei.warm import preload; "
+            "first = preload(['airflow', 'scheduler'], 'LocalExecutor'); print('---', file=sys.stderr); "
+            "again = preload(['airflow', 'scheduler'], 'LocalExecutor'); print(len(first), len(again))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                          env={**os.environ, "RENKEI_PRELOAD": "on"})
+    before, after = done.stderr.split("---")
+    assert done.stdout.split() == [str(len(MODULES)), "0"]
+    assert "renkei preload:" in before and "renkei preload" not in after
+
+
 @pytest.mark.parametrize(("argv", "env"), [
     (["airflow", "api-server"], {"RENKEI_PRELOAD": "on"}),
     (["airflow", "scheduler"], {"RENKEI_PRELOAD": "off"}),
