@@ -55,8 +55,9 @@ def preload(argv: Sequence[str], executor: str) -> list[str]:
     if os.environ.get(ENV, "on").lower() in ("off", "0", "false", "no") or not forks_tasks(argv, executor):
         return []
     if all(name in sys.modules for name in MODULES):
-        # A task process forked from a process that preloaded them (Airflow imports its local
-        # settings again there): nothing to import, and nothing to say in every task's log.
+        # A process that preloaded them already, or a task process forked from one: Airflow's
+        # plugin loader runs every file of the plugins folder again (airflow_local_settings.py
+        # too), in each task process. Nothing to import, and nothing to say in every task's log.
         return []
     started = time.perf_counter()
     done = []

@@ -46,9 +46,9 @@ def test_a_scheduler_imports_every_module_and_says_so():
 
 
 def test_a_task_forked_from_a_preloaded_process_says_nothing():
-    """Airflow imports its local settings again in each task process it forks: the modules are
-    there already, and the preload line (on stderr, which a task log shows as an error) is not
-    repeated in every task's log. The first call says it once."""
+    """Airflow's plugin loader runs plugins/airflow_local_settings.py again in each task process
+    it forks: the modules are there already, and the preload line (on stderr, which a task log
+    shows as an error) is not repeated in every task's log. The first call says it once."""
     code = ("import sys; from renkei.warm import preload; "
             "first = preload(['airflow', 'scheduler'], 'LocalExecutor'); print('---', file=sys.stderr); "
             "again = preload(['airflow', 'scheduler'], 'LocalExecutor'); print(len(first), len(again))")
