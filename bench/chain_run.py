@@ -68,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="renkei-bench-") as tmp:
         base = Path(tmp)
         t = time.perf_counter()
-        manifest = generate(args.residents, args.seed, date.fromisoformat(args.as_of), base / "raw")
+        generate(args.residents, args.seed, date.fromisoformat(args.as_of), base / "raw")
         synth_s = time.perf_counter() - t
         ring = KeyRing.generate().save(base / "keyring.json")
         report = run_chain(base / "raw", date.fromisoformat(args.as_of), base / "work", warehouse_url=args.warehouse,

@@ -54,11 +54,6 @@ def preload(argv: Sequence[str], executor: str) -> list[str]:
     needs it imports it itself and reports the error where it belongs."""
     if os.environ.get(ENV, "on").lower() in ("off", "0", "false", "no") or not forks_tasks(argv, executor):
         return []
-    if all(name in sys.modules for name in MODULES):
-        # A process that preloaded them already, or a task process forked from one: Airflow's
-        # plugin loader runs every file of the plugins folder again (airflow_local_settings.py
-        # too), in each task process. Nothing to import, and nothing to say in every task's log.
-        return []
     started = time.perf_counter()
     done = []
     for name in MODULES:

@@ -240,3 +240,9 @@ def change_groups_ready(stack) -> bool:
 
     group = load_channel(stack.cfg_dir).group
     return all(group in stack.change_stream(src.name)["groups"] for src in ingest_sources())
+
+
+def task_logs_saying(stack, text: str) -> tuple[int, list[str]]:
+    """How many task logs the stack wrote, and those that contain ``text``."""
+    logs = [p for p in (stack.base / "work" / "airflow" / "logs").rglob("*.log") if p.is_file()]
+    return len(logs), [str(p) for p in logs if text in p.read_text(errors="replace")]

@@ -20,7 +20,8 @@ from datetime import timedelta
 
 import pytest
 
-from e2e_support import (SMTP_SENDER, SMTP_USER, SUBJECTS, newborn_notices, smtp_server, started_stack, wait)
+from e2e_support import (SMTP_SENDER, SMTP_USER, SUBJECTS, newborn_notices, smtp_server, started_stack,
+                         task_logs_saying, wait)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow]
 
@@ -195,3 +196,6 @@ def test_only_the_workers_preload_the_task_modules(stack):
     preloaded = sorted(name for name, text in said.items() if "renkei preload:" in text)
     assert preloaded == sorted((*DEFAULT_WORKERS, DELIVERY_WORKER))
     assert all("not imported" not in said[name] for name in preloaded)
+    # ... and not again in each task process (plugins/.airflowignore, test_warm)
+    logs, saying = task_logs_saying(stack, "renkei preload")
+    assert logs and not saying, saying[:3]

@@ -19,7 +19,7 @@ from datetime import date, timedelta
 import pytest
 
 from e2e_support import (SMTP_SENDER, SMTP_USER, SUBJECTS, anniv, jdate, newborn_notices, reach, smtp_server,
-                         started_stack, wait)
+                         started_stack, task_logs_saying, wait)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow]
 
@@ -172,6 +172,10 @@ def test_only_the_scheduler_preloads_the_task_modules(stack):
     said = {name: (stack.base / f"{name}.log").read_text(errors="replace") for name in stack.commands}
     assert sorted(name for name, text in said.items() if "renkei preload:" in text) == ["scheduler"]
     assert "not imported" not in said["scheduler"]
+    # ... and once: not again in each task process (plugins/.airflowignore, test_warm)
+    assert said["scheduler"].count("renkei preload:") == 1
+    logs, saying = task_logs_saying(stack, "renkei preload")
+    assert logs and not saying, saying[:3]
 
 
 def test_a_change_made_while_the_triggerer_is_down_still_arrives(stack):

@@ -101,7 +101,7 @@ def test_two_departments_extracts_do_not_join_on_names_or_addresses(exported):
 
 
 def test_a_department_keyring_cannot_make_or_reverse_a_match_digest(exported, holders):
-    imm_ring, nhi_ring = holders["dept:health_bureau"], holders["dept:nhi"]
+    imm_ring = holders["dept:health_bureau"]
     nhi = _rows(exported["settings"].extracts_url, "SELECT * FROM extract_nhi")[0]
     # Guessing a common name: the department can only seal under its own key, never under NHI's.
     assert imm_ring.seal("dept:health_bureau", "name:" + NORM_KANA) != nhi["name_sealed"]

@@ -209,7 +209,7 @@ def test_health_bureau_round_trip_with_a_stale_row(city, tmp_path):
 
 
 def test_children_bureau_round_trip_in_cp932(city, tmp_path):
-    url, ring = city["url"], city["ring"]
+    url = city["url"]
     out, resolved, back = tmp_path / "ch.csv", tmp_path / "ch-resolved.csv", tmp_path / "ch-back.csv"
     assert main(["review", "export", "--department", "children_bureau", "--encoding", "cp932", "--out", str(out),
                  "--warehouse", url, "--keyring", str(city["keyring"])]) == 0

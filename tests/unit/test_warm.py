@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,18 +46,28 @@ def test_a_scheduler_imports_every_module_and_says_so():
     assert f"renkei preload: {len(MODULES)} of {len(MODULES)} modules" in said
 
 
-def test_a_task_forked_from_a_preloaded_process_says_nothing():
-    """Airflow's plugin loader runs plugins/airflow_local_settings.py again in each task process
-    it forks: the modules are there already, and the preload line (on stderr, which a task log
-    shows as an error) is not repeated in every task's log. The first call says it once."""
-    code = ("import sys; from renkei.warm import preload; "
-            "first = preload(['airflow', 'scheduler'], 'LocalExecutor'); print('---', file=sys.stderr); "
-            "again = preload(['airflow', 'scheduler'], 'LocalExecutor'); print(len(first), len(again))")
+@pytest.mark.parametrize("syntax", ["glob", "regexp"])
+def test_airflow_imports_the_local_settings_once_and_its_plugin_loader_never(syntax, tmp_path):
+    """Airflow imports plugins/airflow_local_settings.py as its local settings at start (which
+    preloads). Its plugin loader, run again in every task process, would execute every .py file
+    of the plugins folder as a plugin: the preload line (stderr, shown as an error) in every
+    task log. plugins/.airflowignore keeps it out, under either ignore-file syntax."""
+    plugins = Path(__file__).resolve().parents[2] / "plugins"
+    code = (
+        "import sys, airflow\n"
+        "from airflow._shared.plugins_manager.plugins_manager import _load_plugins_from_plugin_directory\n"
+        "before = sys.modules.get('airflow_local_settings')\n"
+        f"found, errors = _load_plugins_from_plugin_directory({str(plugins)!r}, ignore_file_syntax={syntax!r})\n"
+        "print(getattr(before, '__file__', None)); print(sys.modules.get('airflow_local_settings') is before, "
+        "len(found), len(errors))\n"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
+           "AIRFLOW__CORE__DAG_IGNORE_FILE_SYNTAX": syntax, "RENKEI_PRELOAD": "off"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
-                          env={**os.environ, "RENKEI_PRELOAD": "on"})
-    before, after = done.stderr.split("---")
-    assert done.stdout.split() == [str(len(MODULES)), "0"]
-    assert "renkei preload:" in before and "renkei preload" not in after
+                          env=env)
+    imported_from, outcome = done.stdout.splitlines()[-2:]
+    assert imported_from == str(plugins / "airflow_local_settings.py")
+    assert outcome.split() == ["True", "0", "0"], done.stderr
 
 
 @pytest.mark.parametrize(("argv", "env"), [

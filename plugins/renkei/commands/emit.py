@@ -20,7 +20,7 @@ def _emit(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from renkei.config import load_sources
-    from renkei.errors import RenkeiError, SourceError
+    from renkei.errors import SourceError
     from renkei.events import ChangeEvent
     from renkei.settings import Settings, redact_url
     from renkei.warehouse import engine, extract_table

@@ -189,8 +189,8 @@ def _rotate(args: argparse.Namespace) -> int:
     new = _update_keyring(path, lambda ring: ring.rotate(args.purpose, grace_days=args.grace_days))
     print(f"{args.purpose}: version {new} is current in {path}")
     if args.purpose.startswith("dept:"):
-        print(f"the previous version opens until its grace date (`renkei keys status`); give the department its new key "
-              f"and re-export with `renkei pseudonymize`; ERKs do not change")
+        print("the previous version opens until its grace date (`renkei keys status`); give the department its new key "
+              "and re-export with `renkei pseudonymize`; ERKs do not change")
         return 0
     if args.run:
         return _reseal(args)

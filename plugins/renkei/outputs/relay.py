@@ -94,8 +94,8 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
                 return {"skipped": BUSY}
             import redis  # noqa: PLC0415 - only the relay and readers need it
 
-            client = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30)
-            try:
+            # Leaving the block closes the client (redis-py's Redis.__exit__).
+            with redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=5, socket_timeout=30) as client:
                 if eng.dialect.name == "postgresql" and not cfg.include_facts:
                     # PostgreSQL writes each body (notice_body_sql): a tenth of the relay's CPU per page.
                     page, message = (lambda after: _unpublished(after, body=True)), _row_body
@@ -109,8 +109,6 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
                 with eng.connect() as conn:
                     pending = conn.execute(sa.select(sa.func.count()).select_from(outbox_pending).join(
                         notices, notices.c.notice_id == outbox_pending.c.notice_id)).scalar_one()
-            finally:
-                client.close()
     finally:
         eng.dispose()
     counts: dict = {"stream": cfg.stream, "published": published, "pending": pending,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 # Package-private helpers of rules.py, shared rather than copied so every rule file fails alike.
-from renkei.services.rules import _DOSE_TERMS, DateFn, _Parser, read_rule_file
+from renkei.services.rules import _DOSE_TERMS, DateFn, _Parser, read_rule_file  # noqa: F401 - read_rule_file: the rule modules import it from here
 from renkei.settings import Settings
 
 # A compiled date expression of the birth date alone (check-up windows).
