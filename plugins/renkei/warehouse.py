@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.expression import FunctionElement
 
 from renkei.config import SEALED_COLUMNS, Source, load_sources
@@ -246,6 +247,10 @@ linkage = sa.Table(
     sa.Column("in_registry", sa.Boolean, nullable=False),
     sa.Column("built_run_id", sa.String(250), nullable=False),
 )
+# The ERKs no registry row vouches for: few, counted after every build (a scan of every
+# resident's linkage rows, a tenth of a second at city scale, without it).
+sa.Index("ix_linkage_unregistered", linkage.c.erk,
+         postgresql_where=linkage.c.in_registry.is_(False), sqlite_where=linkage.c.in_registry.is_(False))
 
 link_flags = sa.Table(
     "link_flags", metadata,
@@ -356,8 +361,19 @@ def ensure_schema(eng: sa.Engine) -> None:
         return
     _renew_landing(eng)
     metadata.create_all(eng)
+    _create_missing_indexes(eng)
     install_outbox_pending(eng)
     _record_digests(eng, wanted)
+
+
+def _create_missing_indexes(eng: sa.Engine) -> None:
+    """An index declared after its table was created (create_all makes only new tables'): made now."""
+    with eng.begin() as conn:
+        have = {table: {ix["name"] for ix in found} for (_, table), found in sa.inspect(conn).get_multi_indexes().items()}
+        for table in metadata.sorted_tables:
+            for ix in table.indexes:
+                if table.name in have and ix.name not in have[table.name]:
+                    conn.execute(CreateIndex(ix, if_not_exists=True))
 
 
 # What ensure_schema made: a row per table (and one for the outbox triggers) with a digest of

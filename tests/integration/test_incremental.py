@@ -26,8 +26,9 @@ import sqlalchemy as sa
 from renkei.config import ingest_sources, load_sources
 from renkei.keys.adapter import convert_row, now_jst, pseudonymize, raw_location
 from renkei.linkage.mart import build_mart
-from renkei.outputs.outbox import run_services
-from renkei.warehouse import engine, ingest_runs, link_builds, staging_deleted, staging_table
+from renkei.outputs.outbox import plan_services, run_services
+from renkei.warehouse import (engine, ingest_runs, link_builds, mart_changes, mart_residents, services_held,
+                              staging_deleted, staging_table, subjects)
 
 AS_OF = date(2025, 6, 1)
 RESIDENTS = 1500
@@ -393,6 +394,33 @@ def test_a_build_started_by_a_consumed_event_builds_nothing(both, tmp_path):
     assert (again["mode"], again["build_seq"]) == ("incremental", max(before) + 1)
     assert build_mart(url, AS_OF, "link/consumed-2", skip_unchanged=True)["mode"] == "unchanged"
     assert build_mart(url, AS_OF + timedelta(days=1), "link/next-day", skip_unchanged=True)["mode"] == "full"
+
+
+def test_an_incremental_plan_checks_subject_keys_among_its_residents_only(both, tmp_path):
+    """A link build gives its new ERKs their subject keys in its own transaction; the services
+    plan makes sure of it (a warehouse older than subject keys) among the residents the run
+    evaluates, not over the whole mart (a million rows of each at city scale); a full plan
+    checks everyone. Two ERKs lose their keys, one of them touched by a build since the last run."""
+    url = _own_copy(both, "url", tmp_path)
+    eng = engine(url)
+    with eng.begin() as conn:
+        conn.execute(ingest_runs.insert().values(run_id="ingest/empty-sweep", source="nhi", state="loaded", loaded=0,
+                                                 updated_at="2026-12-05T09:00:00+09:00"))
+    eng.dispose()
+    built = build_mart(url, AS_OF, "link/keys")
+    assert built["mode"] == "incremental"
+    held = _scalars(url, sa.select(services_held.c.erk))
+    inside, outside = sorted(_scalars(url, sa.select(mart_residents.c.erk)) - held)[:2]
+    eng = engine(url)
+    with eng.begin() as conn:  # the build touched ``inside`` (as a change to its records would)
+        conn.execute(mart_changes.insert().values(build_seq=built["build_seq"], erk=inside))
+        conn.execute(subjects.delete().where(subjects.c.erk.in_([inside, outside])))
+    eng.dispose()
+    keyed = sa.select(subjects.c.erk).where(subjects.c.erk.in_([inside, outside]))
+    assert plan_services(url, AS_OF, "services/keys")["mode"] == "incremental"
+    assert _scalars(url, keyed) == {inside}
+    assert plan_services(url, AS_OF, "services/keys-full", full=True)["mode"] == "full"
+    assert _scalars(url, keyed) == {inside, outside}
 
 
 def test_a_full_run_in_parts_equals_one_pass(both):

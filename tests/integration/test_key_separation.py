@@ -230,3 +230,36 @@ def test_delivery_finds_a_contact_token_but_cannot_open_an_erk(tmp_path, holders
         delivery.open("contact", erk)  # an ERK is not a contact token, even under the contact purpose
     with pytest.raises(KeyRingError, match="no contact key"):
         seal_contacts(url, holders["dept:nhi"])
+
+
+def test_a_services_run_seals_its_own_notices_and_a_full_pass_the_rest(tmp_path, holders):
+    """An incremental services run seals the contact tokens of the notices it created (not a
+    pass over every notice of the city); a full pass (run_id None: a full run's) seals whatever
+    an earlier run left, e.g. one that stopped between recording its notices and sealing."""
+    from datetime import date
+
+    from renkei.outputs.contacts import seal_contacts
+    from renkei.warehouse import engine, ensure_schema, notices
+
+    url = f"sqlite:///{tmp_path / 'wh.db'}"
+    pipeline, delivery = holders["pipeline"], holders["delivery"]
+    codes = {"left": "10000000011", "own": "10000000012", "own-again": "10000000013"}
+    eng = engine(url)
+    ensure_schema(eng)
+    with eng.begin() as conn:
+        conn.execute(notices.insert(), [{
+            "notice_id": f"n-{name}", "service": "immunization", "kind": "due", "erk": pipeline.seal("link", code),
+            "rule_id": "imm.hepb", "rule_version": 1, "subject": "HEPB", "dose_number": 1,
+            "window_start": date(2025, 6, 1), "window_end": date(2025, 7, 1), "evaluated_on": date(2025, 6, 1),
+            "facts": "{}", "created_run_id": "services/left" if name == "left" else "services/own",
+            "created_at": "2025-06-01T06:00:00+09:00"} for name, code in codes.items()])
+    eng.dispose()
+
+    def sealed() -> set[str]:
+        return {delivery.open("contact", r["contact_token"]) for r in _rows(url, "SELECT contact_token FROM notice_contacts")}
+
+    assert seal_contacts(url, pipeline, run_id="services/own") == {"sealed": 2, "unopened": 0}
+    assert sealed() == {codes["own"], codes["own-again"]}
+    assert seal_contacts(url, pipeline, run_id="services/own") == {"sealed": 0, "unopened": 0}
+    assert seal_contacts(url, pipeline) == {"sealed": 1, "unopened": 0}
+    assert sealed() == set(codes.values())

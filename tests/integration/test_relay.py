@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import shutil
+import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
@@ -253,6 +254,35 @@ def test_pages_on_postgresql_go_out_in_created_order_each_recorded_once(pg_facto
     assert recorded == {d["notice_id"]: msg_id for msg_id, d in docs[:12]}
     assert [(r[1], r[7]) for r in _table(url, notice_events)] == [(ids[0][1], docs[12][0]), (ids[2][3], docs[13][0])]
     assert relay_notices(url, capped, batch=5)["published"] == 0
+
+
+def test_a_large_drain_vacuums_the_pending_queue_at_once(pg_factory, cfg, client, monkeypatch):
+    """Every published notice leaves a dead row in outbox_pending; a relay that published a page
+    or more vacuums it before the next relay's first page has to walk them (autovacuum comes a
+    minute or more later). A small relay does not."""
+    from renkei.outputs import relay
+
+    url = pg_factory()
+    monkeypatch.setattr(relay, "VACUUM_AFTER", 10)
+    eng = engine(url)
+    ensure_schema(eng)
+
+    def vacuums() -> int:
+        with eng.connect() as conn:
+            return conn.execute(sa.text("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox_pending'")
+                                ).scalar_one()
+
+    _add_notices(url, 12)
+    assert relay_notices(url, cfg)["published"] == 12
+    deadline = time.monotonic() + 10  # the statistics are reported asynchronously
+    while vacuums() == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vacuums() == 1
+    _add_notices(url, 3, start=100)
+    assert relay_notices(url, cfg)["published"] == 3
+    time.sleep(1)
+    assert vacuums() == 1
+    eng.dispose()
 
 
 def test_message_body_is_the_notice_dataclass_json(engine_url, cfg, client):

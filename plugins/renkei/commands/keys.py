@@ -196,7 +196,7 @@ def _rotate(args: argparse.Namespace) -> int:
         return _reseal(args)
     print("ingest, link and services now refuse to write ERKs until the warehouse is re-sealed: trigger the DAG "
           "renkei_rotate_link_key (`airflow dags trigger renkei_rotate_link_key`) or run "
-          f"`renkei keys reseal --purpose link`")
+          "`renkei keys reseal --purpose link`")
     return 0
 
 

@@ -10,6 +10,7 @@ against the warehouse after the rotation meant to lock them out.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import sqlalchemy as sa
@@ -20,10 +21,10 @@ from renkei.warehouse import mart_residents, subjects
 SUBJECT_KEY_BYTES = 16  # 32 hex characters
 
 
-def assign_subjects(conn: sa.Connection, run_id: str, among: sa.Select | None = None) -> int:
+def assign_subjects(conn: sa.Connection, run_id: str, among: sa.Select | Sequence[str] | None = None) -> int:
     """Give every mart ERK that has no subject key a new one; returns how many.
 
-    ``among`` (a SELECT of ERKs) limits the check to those mart rows: an incremental link
+    ``among`` (a SELECT or a list of ERKs) limits the check to those mart rows: an incremental link
     build passes the ERKs it rebuilt, the only ones that can be new to the mart (comparing the
     whole mart with ``subjects`` is a pass over a million rows of each at city scale).
 

@@ -62,6 +62,7 @@ SKIPPED = "no broker configured"
 BUSY = "another relay is publishing"
 RELAY_LOCK_KEY = 0x52454C4159  # "RELAY": pg_advisory_lock's key for the one relay of a warehouse
 DEFAULT_BATCH = 20_000  # one MULTI/EXEC and one warehouse transaction per page (5,000: 36k notices/s; 20,000: 43k)
+VACUUM_AFTER = 20_000  # notices published by one run after which outbox_pending is vacuumed at once
 
 
 def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = None,
@@ -106,6 +107,8 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
                 if error is None:  # a state message only ever follows its notice
                     states, error = _drain(eng, client, cfg, _unpublished_states, _state_json, _record_states,
                                            batch)
+                if published >= VACUUM_AFTER:
+                    _vacuum_pending(eng)
                 with eng.connect() as conn:
                     pending = conn.execute(sa.select(sa.func.count()).select_from(outbox_pending).join(
                         notices, notices.c.notice_id == outbox_pending.c.notice_id)).scalar_one()
@@ -117,6 +120,19 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
         counts["error"] = error
     log.info("relay to %s: %s", cfg.stream, {k: v for k, v in counts.items() if k != "error"})
     return counts
+
+
+def _vacuum_pending(eng: sa.Engine) -> None:
+    """Vacuum ``outbox_pending`` after a large drain (PostgreSQL). Each published notice left a
+    dead row in it; until autovacuum comes (a minute or more), the next relay's first page walks
+    every one of them (200,000 dead rows: 0.06 s of the first page, and a count of the rest)."""
+    if eng.dialect.name != "postgresql":
+        return
+    try:
+        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"VACUUM (ANALYZE) {conn.dialect.identifier_preparer.format_table(outbox_pending)}")
+    except sa.exc.DBAPIError as exc:  # e.g. a role that does not own the table: autovacuum will do it
+        log.warning("relay: outbox_pending not vacuumed (%s); autovacuum will", type(exc.orig).__name__)
 
 
 @contextmanager

@@ -20,7 +20,10 @@ def finish_run(warehouse_url: str, plan: dict, results: list[dict]) -> dict:
     counts = record_services(warehouse_url, plan, results)
     ring = KeyRing.load()
     record_notices_published(warehouse_url, plan["run_id"], date.fromisoformat(plan["as_of"]), counts, ring=ring)
-    counts["contacts"] = seal_contacts(warehouse_url, ring)
+    # An incremental run seals its own notices' ERKs; a full one (a new day's first, at least)
+    # every notified ERK without a token, whichever run left it.
+    own = None if plan["mode"] == "full" else plan["run_id"]
+    counts["contacts"] = seal_contacts(warehouse_url, ring, run_id=own)
     return counts
 
 
