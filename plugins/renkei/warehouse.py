@@ -369,7 +369,8 @@ def ensure_schema(eng: sa.Engine) -> None:
 def _create_missing_indexes(eng: sa.Engine) -> None:
     """An index declared after its table was created (create_all makes only new tables'): made now."""
     with eng.begin() as conn:
-        have = {table: {ix["name"] for ix in found} for (_, table), found in sa.inspect(conn).get_multi_indexes().items()}
+        found = sa.inspect(conn).get_multi_indexes().items()
+        have = {table: {ix["name"] for ix in indexes} for (_, table), indexes in found}
         for table in metadata.sorted_tables:
             for ix in table.indexes:
                 if table.name in have and ix.name not in have[table.name]:

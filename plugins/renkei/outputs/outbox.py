@@ -83,7 +83,6 @@ log = logging.getLogger(__name__)
 CHILD_AGE_LIMIT_YEARS = 17  # beyond every child series window (HPV runs to 高校1年相当)
 RESIDENT = "resident"
 FULL, INCREMENTAL = "full", "incremental"
-ASSIGN_CHUNK = 10_000  # ERKs per subject-key check of an incremental run (one IN list)
 CHUNK = 2000  # ERKs per IN list of an incremental run (well under SQLite's bound-parameter limit)
 FETCH = 20000  # rows per fetch when streaming residents
 Draft = tuple[str, NoticeDraft]  # (erk, draft)
@@ -379,8 +378,9 @@ def plan_services(warehouse_url: str, as_of: date, run_id: str, parts: int = 1, 
         hold_link_key(conn, expect=link_version)
         if scope is None:
             assign_subjects(conn, run_id)
-        for i in range(0, len(scope or ()), ASSIGN_CHUNK):
-            assign_subjects(conn, run_id, among=scope[i:i + ASSIGN_CHUNK])
+        else:
+            for i in range(0, len(scope), CHUNK):
+                assign_subjects(conn, run_id, among=scope[i:i + CHUNK])
     eng.dispose()
     split = scope is None and eng.dialect.name == "postgresql"
     return {"as_of": as_of.isoformat(), "run_id": run_id, "services": services, "link_seq": link_seq,

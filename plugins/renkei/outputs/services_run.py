@@ -15,14 +15,14 @@ def finish_run(warehouse_url: str, plan: dict, results: list[dict]) -> dict:
     from renkei.audit.records import record_notices_published  # noqa: PLC0415 - task-time imports
     from renkei.keys.ring import KeyRing  # noqa: PLC0415
     from renkei.outputs.contacts import seal_contacts  # noqa: PLC0415
-    from renkei.outputs.outbox import record_services  # noqa: PLC0415
+    from renkei.outputs.outbox import INCREMENTAL, record_services  # noqa: PLC0415
 
     counts = record_services(warehouse_url, plan, results)
     ring = KeyRing.load()
     record_notices_published(warehouse_url, plan["run_id"], date.fromisoformat(plan["as_of"]), counts, ring=ring)
     # An incremental run seals its own notices' ERKs; a full one (a new day's first, at least)
     # every notified ERK without a token, whichever run left it.
-    own = None if plan["mode"] == "full" else plan["run_id"]
+    own = plan["run_id"] if plan["mode"] == INCREMENTAL else None
     counts["contacts"] = seal_contacts(warehouse_url, ring, run_id=own)
     return counts
 
