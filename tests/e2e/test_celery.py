@@ -152,6 +152,10 @@ def test_a_change_reaches_the_mailbox_through_the_celery_workers(stack, smtp):
 def test_delivery_waits_for_the_delivery_worker_and_no_default_worker_takes_it(stack):
     import redis
 
+    # Stopped mid-task, the worker would fail the delivery run an earlier test's outbox event
+    # started (and the mailbox test, in any order after this one, fails on a failed run).
+    wait(stack, "the delivery worker idle", lambda: not [
+        ti for ti in stack.task_instances("deliver_notices") if ti["state"] in ("scheduled", "queued", "running")])
     stack.stop(DELIVERY_WORKER)
     try:
         run_id = stack.trigger("deliver_notices")
