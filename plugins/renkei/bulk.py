@@ -53,9 +53,8 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], ro
 
 def tune(conn: sa.Connection) -> None:
     """Transaction-local settings for set-based work over the whole city (PostgreSQL only)."""
-    if _pg(conn):
-        for name, value in PG_SETTINGS.items():
-            conn.execute(sa.select(sa.func.set_config(name, value, True)))
+    if _pg(conn):  # one round trip: an incremental batch calls this too
+        conn.execute(sa.select(*[sa.func.set_config(name, value, True) for name, value in PG_SETTINGS.items()]))
 
 
 def analyze(conn: sa.Connection, tables: Sequence[sa.Table]) -> None:
