@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from renkei.config import SEALED_COLUMNS, Source
-from renkei.bulk import analyze, insert_rows, refilled, tune
+from renkei.bulk import analyze, insert_rows, refilled
 from renkei.errors import KeyRetired, KeyRingError, SourceError, ValidationFailed
 from renkei.keys.ring import KeyRing
 from renkei.keys.rotation import hold_link_key
@@ -246,7 +246,6 @@ def validate(source: Source, run_id: str, settings: Settings | None = None) -> d
     this_run = land.c.run_id == run_id
     suite = suite_fingerprint(source.name, settings.expectations_dir)
     with wh.begin() as conn:
-        tune(conn)  # the batch-wide checks group and join every landed row: a first load's millions
         # Extract filled landing with COPY; without statistics PostgreSQL plans the batch-wide
         # duplicate check (and load's latest-change anti-join) as a nested loop over the batch:
         # 13 minutes for 121k rows at 1M residents through Airflow. ANALYZE samples, in ~0.1 s.
@@ -399,7 +398,6 @@ def load(source: Source, run_id: str, ring: KeyRing, settings: Settings | None =
         hold_link_key(conn, ring)
     with wh.begin() as conn:
         hold_link_key(conn, ring)  # refuses while the warehouse's ERKs are re-sealed (renkei.keys.rotation)
-        tune(conn)  # a first load sorts, joins and indexes millions of rows: in memory, not in spill files
         state = conn.execute(
             sa.select(ingest_runs.c.state, ingest_runs.c.watermark_to).where(
                 ingest_runs.c.run_id == run_id, ingest_runs.c.source == source.name

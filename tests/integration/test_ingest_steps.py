@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -329,52 +328,3 @@ def test_extracts_in_postgresql_are_read_in_chunks_since_the_watermark(tmp_path,
         dates = dict(conn.execute(sa.text("SELECT record_id, administered_on FROM staging_immunization")).all())
     eng.dispose()
     assert sorted(k for k, v in dates.items() if str(v) == "2024-06-12") == [f"IM{i:05d}" for i in range(10, 20)]
-
-
-def _temp_files(url: str) -> int:
-    """Temporary files PostgreSQL wrote for this database, once no other backend of it is left
-    (a backend reports its statistics when it exits)."""
-    name = url.rsplit("/", 1)[1]
-    eng = sa.create_engine(url)
-    try:
-        with eng.connect() as conn:
-            for _ in range(100):
-                others = conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name}).scalar_one()
-                if not others:
-                    break
-                time.sleep(0.1)
-            else:
-                raise AssertionError(f"{others} backends of {name} still open: their statistics are not in yet")
-            conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
-            return conn.execute(sa.text("SELECT temp_files FROM pg_stat_database WHERE datname = :d"), {"d": name}).scalar_one()
-    finally:
-        eng.dispose()
-
-
-def test_a_first_load_sorts_and_joins_in_memory_not_in_spill_files(pg_factory, tmp_path, ring):
-    """A first load joins the whole batch to its pseudonym maps, groups it for the duplicate
-    check and sorts it by ERK: at PostgreSQL's default work_mem (4 MB) 40,000 residents
-    already spill to temporary files (6 GB of them for the registry and immunization of a
-    million residents); validate and load raise it for their transaction (renkei.bulk.tune)."""
-    url = pg_factory()
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        # A parallel index build always sorts through shared temporary files, however much memory
-        # it has: built by one process here, only spilling queries write them.
-        conn.execute(sa.text(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET max_parallel_maintenance_workers = 0'))
-    eng.dispose()
-    settings = Settings(warehouse_url=url, extracts_url=f"sqlite:///{tmp_path / 'ex.db'}",
-                        config_dir=Settings.from_env().config_dir, expectations_dir=Settings.from_env().expectations_dir)
-    reg = load_sources()["registry"]
-    with open(tmp_path / "registry.csv", "w", encoding="utf-8", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=reg.raw_columns)
-        w.writeheader()
-        w.writerows({"resident_code": f"{10000000000 + i}", "name_kana": "ヤマダ ハナコ", "name_kanji": "山田 花子",
-                     "birth_date": "1980-05-05", "sex": "2", "ward_code": "401064",
-                     "address": f"北九州市小倉北区城内{i}番1号", "household_code": f"H{i}", "status": "resident",
-                     "status_date": "1980-05-05", "updated_at": TS} for i in range(40_000))
-    pseudonymize(reg, str(tmp_path / "registry.csv"), settings.extracts_url, ring)
-    out = _ingest(reg, "r1", settings, ring)
-    assert (out["loaded"], out["quarantined"]) == (40_000, 0)
-    assert _temp_files(url) == 0
