@@ -256,6 +256,33 @@ def test_pages_on_postgresql_go_out_in_created_order_each_recorded_once(pg_facto
     assert relay_notices(url, capped, batch=5)["published"] == 0
 
 
+def test_a_relay_on_a_warehouse_of_an_older_version_brings_its_outbox_up_to_date(pg_factory, cfg, client):
+    """The relay makes the schema as every task does (warehouse.ensure_schema): on a warehouse
+    made before the created-order index and the pending queue's triggers (its renkei_schema
+    rows predate them), its first run makes both, fills the queue from the notices without a
+    publication, and publishes them."""
+    url = pg_factory()
+    eng = engine(url)
+    ensure_schema(eng)
+    ids = _add_notices(url, 5)
+    with eng.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_notices_created_order"))
+        for trigger, table in conn.execute(sa.text(
+                "SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal")).all():
+            conn.execute(sa.text(f'DROP TRIGGER "{trigger}" ON {table}'))
+        conn.execute(sa.text("DELETE FROM outbox_pending"))
+        conn.execute(sa.text("DELETE FROM renkei_schema"))
+    assert relay_notices(url, cfg)["published"] == 5
+    with eng.connect() as conn:
+        index = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_notices_created_order'")).scalar()
+        triggers = conn.execute(sa.text("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal")).scalar_one()
+    eng.dispose()
+    assert index is not None and "created_at, notice_id" in index
+    assert triggers > 0
+    assert sorted(json.loads(f[b"data"])["notice_id"] for _, f in client.xrange(cfg.stream)) == sorted(ids)
+    assert _add_notices(url, 2, start=100) and relay_notices(url, cfg)["published"] == 2  # the triggers queue new ones
+
+
 def test_a_large_drain_vacuums_the_pending_queue_at_once(pg_factory, cfg, client, monkeypatch):
     """Every published notice leaves a dead row in outbox_pending; a relay that published a page
     or more vacuums it before the next relay's first page has to walk them (autovacuum comes a

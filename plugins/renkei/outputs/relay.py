@@ -45,8 +45,7 @@ from renkei.sources.values import format_timestamp
 from renkei.warehouse import (
     dialect_insert,
     engine,
-    install_outbox_pending,
-    metadata,
+    ensure_schema,
     notice_events,
     notices,
     outbox_pending,
@@ -85,10 +84,10 @@ def relay_notices(warehouse_url: str, channel_cfg: NoticeStreamConfig | None = N
     if batch < 1:
         raise ValueError(f"relay_notices: batch must be >= 1, not {batch}")
     eng = engine(warehouse_url)
-    # Creating missing tables writes no row: a relay that runs before the first notice is a no-op.
-    metadata.create_all(eng, tables=[notices, outbox_published, notice_events, outbox_pending])
-    created_order_index().create(eng, checkfirst=True)  # a warehouse made before the index existed
-    install_outbox_pending(eng)  # a warehouse made before the pending index: filled once
+    # The outbox's tables, indexes and pending-queue triggers as this version declares them, as
+    # every task makes them: once the warehouse records them, one query instead of a catalog
+    # check of each on every relay run (one follows each services run).
+    ensure_schema(eng)
     try:
         with _relay_lock(eng, wait) as held:
             if not held:
@@ -214,11 +213,6 @@ def _drain(eng: sa.Engine, client: "redis.Redis", cfg: NoticeStreamConfig,
 def _recorded(record: Callable, eng: sa.Engine, rows: list[sa.Row], stream_ids: list[str]) -> int:
     record(eng, rows, stream_ids)
     return len(rows)
-
-
-def created_order_index() -> sa.Index:
-    """The outbox in created order (the relay's keyset pages); declared on ``notices``."""
-    return next(i for i in notices.indexes if i.name == "ix_notices_created_order")
 
 
 def _unpublished(after: sa.Row | None = None, body: bool = False) -> sa.Select:
